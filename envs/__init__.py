@@ -1,0 +1,1 @@
+"""Gymnasium environments of trustregion_lab (imported as ``trustregion_lab.envs``)."""

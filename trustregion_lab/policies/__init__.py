@@ -1,0 +1,1 @@
+"""trustregion_lab.policies."""
