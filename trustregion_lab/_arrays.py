@@ -1,0 +1,142 @@
+"""Array plumbing shared by the numerics modules: numpy/torch in, the same kind out; input validation.
+
+Every public numerics function accepts torch tensors or numpy arrays. Internally everything is a torch tensor on
+the input's device. `Converter` remembers what the caller passed so results go back as the same kind (numpy in,
+numpy out), on the same device, in the input's float dtype (the wider one when two float inputs differ).
+Computation happens in float32, or float64 when a float64 input is present ("float32 or better").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class Converter:
+    """Converts a call's inputs to torch and its outputs back to what the caller passed.
+
+    One instance per call. `tensor()` registers an input: torch tensors must all live on one device; numpy arrays
+    are moved to that device. The output is numpy when every array input was numpy, else torch.
+    """
+
+    def __init__(self) -> None:
+        self.saw_torch = False
+        self.saw_numpy = False
+        self.device: torch.device | None = None
+        self.out_dtype: torch.dtype | None = None
+
+    def tensor(self, x: Any, name: str, *, kind: str = "float") -> torch.Tensor:
+        """Return `x` as a torch tensor. kind: "float" (floating point), "int" (integer ids) or "bool"."""
+        if isinstance(x, torch.Tensor):
+            t = x
+            if self.device is not None and t.device != self.device:
+                raise ValueError(
+                    f"{name} is on device {t.device} but other inputs are on {self.device}; "
+                    "move all tensors to one device"
+                )
+            self.device = t.device
+            self.saw_torch = True
+        elif isinstance(x, np.ndarray | np.generic):
+            arr = np.asarray(x)
+            if arr.dtype == object or not (
+                np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+            ):
+                raise TypeError(
+                    f"{name} must be a numeric numpy array or torch tensor, got dtype {arr.dtype}"
+                )
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            self.saw_numpy = True
+        else:
+            raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+
+        if kind == "float":
+            if t.dtype not in _FLOAT_DTYPES:
+                raise TypeError(
+                    f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {t.dtype}"
+                )
+            self.out_dtype = (
+                t.dtype if self.out_dtype is None else torch.promote_types(self.out_dtype, t.dtype)
+            )
+        elif kind == "int":
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise TypeError(f"{name} must be an integer array of token ids, got dtype {t.dtype}")
+            t = t.long()
+        elif kind == "bool":
+            if t.dtype.is_floating_point or t.dtype.is_complex:
+                raise TypeError(f"{name} must be a boolean (or 0/1 integer) mask, got dtype {t.dtype}")
+            if t.dtype != torch.bool:
+                if bool(((t != 0) & (t != 1)).any()):
+                    raise ValueError(f"{name} must hold only 0/1 (or True/False) values")
+                t = t.bool()
+        else:  # pragma: no cover - programming error
+            raise AssertionError(kind)
+        return t
+
+    def place(self, t: torch.Tensor) -> torch.Tensor:
+        """Move a registered tensor to the call's device (numpy-born tensors start on the CPU)."""
+        return t if self.device is None or t.device == self.device else t.to(self.device)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float64 when the result dtype is float64, else float32."""
+        return torch.float64 if self.out_dtype == torch.float64 else torch.float32
+
+    def out(self, t: torch.Tensor) -> ArrayLike:
+        """Return a float result as the caller's kind and float dtype."""
+        if t.dtype.is_floating_point and self.out_dtype is not None:
+            t = t.to(self.out_dtype)
+        return self.out_raw(t)
+
+    def out_raw(self, t: torch.Tensor) -> ArrayLike:
+        """Return a result (any dtype, e.g. bool) as the caller's kind without changing its dtype."""
+        if self.saw_torch:
+            return t
+        t = t.detach().cpu()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16
+            t = t.float()
+        return t.numpy()
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} must be finite; found {n_bad} NaN/inf value(s)")
+
+
+def logprob_tolerance(dtype: torch.dtype) -> float:
+    """Largest positive value a log-probability may take from rounding (32 ulps of 1 in its dtype)."""
+    return 32.0 * torch.finfo(dtype).eps
+
+
+def check_logprobs(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Validate log-probabilities (finite, <= 0 up to rounding) and clamp rounding-level positives to 0."""
+    check_finite(t, name)
+    tol = logprob_tolerance(t.dtype)
+    if t.numel() and float(t.max()) > tol:
+        raise ValueError(
+            f"{name} must be log-probabilities (<= 0); max value is {float(t.max()):.3g}. "
+            "Pass log-softmax outputs, not logits or probabilities"
+        )
+    return t.clamp(max=0.0)
+
+
+def check_threshold(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_same_shape(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{a_name} and {b_name} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )

@@ -1,0 +1,392 @@
+"""Divergences between the rollout policy μ and the trainer's policy π: exact, Binary, Top-K, single-sample.
+
+Conventions (DESIGN §2): μ = rollout engine, π = current trainer policy, KL means KL(μ‖π). Exact divergences take
+logits `[..., vocab]`; Binary ones take the sampled token's log-probs `[...]`; Top-K ones take the engine's reported
+log-probs and ids `[..., K]` plus the trainer's logits `[..., vocab]`. Every function accepts torch tensors or numpy
+arrays and returns the same kind, on the input's device, in the input's float dtype (the wider of two), computing in
+float32 or float64 (float64 in → float64 out; the per-token maths of Binary/Top-K/single-sample estimates always
+runs in float64, which costs nothing next to a vocabulary pass).
+
+Exact (full vocabulary):
+    TV(μ, π) = ½ Σ_v |μ_v − π_v|                 KL(μ‖π) = Σ_v μ_v (log μ_v − log π_v)
+Binary (the partition {a, rest}; paper Eq. 13–14):
+    TV_bin = |π(a) − μ(a)|
+    KL_bin = μ(a) log(μ(a)/π(a)) + (1 − μ(a)) log((1 − μ(a))/(1 − π(a)))
+Top-K (the partition {v ∈ S} ∪ {rest}, S = the ids the engine reported; paper Eq. 15–16):
+    TV_K = ½ (Σ_{v∈S} |μ_v − π_v| + |μ_rest − π_rest|)
+    KL_K = Σ_{v∈S} μ_v log(μ_v/π_v) + μ_rest log(μ_rest/π_rest)
+By the data-processing inequality Binary ≤ Top-K ≤ exact whenever the sampled token a is in S.
+
+Single-sample estimators from the sampled token's ratio r = π(a)/μ(a), a ~ μ (paper Eq. 10; Schulman's k1–k3):
+    |r − 1|  (E = 2·TV),  k1 = −log r,  k2 = ½ (log r)²,  k3 = (r − 1) − log r  (E k1 = E k3 = KL(μ‖π)).
+
+Numerics and floors:
+- Exact TV/KL never materialise more than one chunk of rows at a time (`chunk_elements`, default 2**20 elements
+  ≈ 4 MiB in float32; at most ~4 such buffers live), so N = 4,096 rows at V = 262,144 need ~16 MiB extra, not GiBs.
+  Each chunk: max-shifted exponentials, their sums give log Σ exp (log-sum-exp), then
+  TV = ½ Σ |p − q| and KL = Σ p · ((x − y) − (lse_x − lse_y)), both in the chunk's compute dtype.
+- 1 − p is computed in log space with log1mexp(x) = log(1 − eˣ) (Mächler 2012), never as 1 − exp(x).
+- Bucket log-masses (the Binary/Top-K "rest") are floored at LOG_MASS_FLOOR = log(2.2e-308) ≈ −708.4, the smallest
+  normal float64: a rest bucket that is exactly empty gives KL terms 0·(...) = 0, and a bucket empty under π but
+  not under μ gives a large finite KL instead of inf/NaN.
+- |eᵃ − eᵇ| is computed as e^max(a,b) · (−expm1(−|a − b|)): no cancellation when π ≈ μ.
+- Reported log-probs may exceed 0 by rounding (up to 32 ulps of 1 in their dtype); such values are treated as 0.
+  Larger positive values, NaN and ±inf are rejected with a ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trustregion_lab._arrays import (
+    ArrayLike,
+    Converter,
+    check_finite,
+    check_logprobs,
+    check_same_shape,
+)
+
+__all__ = [
+    "LOG_MASS_FLOOR",
+    "abs_ratio_dev",
+    "binary_kl",
+    "binary_tv",
+    "exact_tv_kl",
+    "kl",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "log1mexp",
+    "topk_kl",
+    "topk_tv",
+    "tv",
+]
+
+LOG_MASS_FLOOR = math.log(torch.finfo(torch.float64).tiny)  # ≈ −708.4
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
+_LN2 = math.log(2.0)
+# Reported top-K probabilities may sum above 1 by rounding in low precision; beyond this they are rejected.
+_TOPK_MASS_TOLERANCE = 1e-2
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x ≤ 0, accurate everywhere (Mächler 2012, "Accurately computing log(1 − exp(−|a|))").
+
+    x > −ln 2: log(−expm1(x));  x ≤ −ln 2: log1p(−exp(x)).  log1mexp(0) = −inf.  Input and output `[...]`.
+    """
+    return torch.where(x > -_LN2, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _abs_exp_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|exp(a) − exp(b)| without cancellation; 0 where both are −inf."""
+    hi = torch.maximum(a, b)
+    gap = torch.minimum(a, b) - hi  # ≤ 0, or NaN when both are −inf
+    out = torch.exp(hi) * -torch.expm1(gap)
+    return torch.where(torch.isneginf(hi), torch.zeros_like(out), out)
+
+
+def _floor_log_mass(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(min=LOG_MASS_FLOOR)
+
+
+# --------------------------------------------------------------------------------------------------- exact
+
+
+def _exact_rows(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    want_tv: bool,
+    want_kl: bool,
+    chunk_elements: int,
+    cdtype: torch.dtype,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Exact TV and/or KL(softmax(x) ‖ softmax(y)) for logits `[N, V]`, a chunk of rows at a time → `[N]`."""
+    n, v = x.shape
+    rows = max(1, chunk_elements // max(v, 1))
+    tv_out = torch.empty(n, dtype=cdtype, device=x.device) if want_tv else None
+    kl_out = torch.empty(n, dtype=cdtype, device=x.device) if want_kl else None
+    for start in range(0, n, rows):
+        end = min(n, start + rows)
+        xc = x[start:end].to(cdtype)
+        yc = y[start:end].to(cdtype)
+        if not (bool(torch.isfinite(xc).all()) and bool(torch.isfinite(yc).all())):
+            check_finite(xc, "rollout_logits")
+            check_finite(yc, "logits")
+        mx = xc.amax(-1, keepdim=True)
+        my = yc.amax(-1, keepdim=True)
+        p = torch.exp(xc - mx)
+        q = torch.exp(yc - my)
+        sx = p.sum(-1, keepdim=True)
+        sy = q.sum(-1, keepdim=True)
+        p.div_(sx)
+        q.div_(sy)
+        if want_tv:
+            tv_out[start:end] = torch.sub(q, p).abs_().sum(-1).mul_(0.5)
+        if want_kl:
+            # log μ_v − log π_v = (x_v − y_v) − (lse_x − lse_y), with lse = max + log Σ exp(· − max)
+            shift = (mx + torch.log(sx)) - (my + torch.log(sy))
+            d = torch.sub(xc, yc).sub_(shift)
+            kl_out[start:end] = d.mul_(p).sum(-1).clamp_(min=0.0)
+    if tv_out is not None:
+        tv_out.clamp_(0.0, 1.0)
+    return tv_out, kl_out
+
+
+def _exact(
+    rollout_logits: ArrayLike, logits: ArrayLike, want_tv: bool, want_kl: bool, chunk_elements: int | None
+) -> tuple[Converter, torch.Tensor | None, torch.Tensor | None]:
+    conv = Converter()
+    x = conv.tensor(rollout_logits, "rollout_logits")
+    y = conv.tensor(logits, "logits")
+    x, y = conv.place(x), conv.place(y)
+    check_same_shape(x, "rollout_logits", y, "logits")
+    if x.ndim < 1 or x.shape[-1] < 1:
+        raise ValueError(
+            f"rollout_logits and logits must have shape [..., vocab] with vocab >= 1, got {tuple(x.shape)}"
+        )
+    chunk = DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements)
+    if chunk < 1:
+        raise ValueError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    y2 = y.reshape(-1, y.shape[-1])
+    tv_v, kl_v = _exact_rows(
+        x2, y2, want_tv=want_tv, want_kl=want_kl, chunk_elements=chunk, cdtype=conv.compute_dtype
+    )
+    return (
+        conv,
+        None if tv_v is None else tv_v.reshape(lead),
+        None if kl_v is None else kl_v.reshape(lead),
+    )
+
+
+def tv(rollout_logits: ArrayLike, logits: ArrayLike, *, chunk_elements: int | None = None) -> ArrayLike:
+    """Exact total variation TV(μ, π) = ½ Σ_v |μ_v − π_v| from logits `[..., vocab]` → `[...]`.
+
+    μ = softmax(rollout_logits), π = softmax(logits). Paper Eq. 10 relates it to the ratio: TV = ½ E_{a~μ}|r − 1|.
+    Computed a chunk of rows at a time (`chunk_elements` elements, default 2**20), never the whole `[N, V]`.
+    """
+    conv, out, _ = _exact(rollout_logits, logits, True, False, chunk_elements)
+    return conv.out(out)
+
+
+def kl(rollout_logits: ArrayLike, logits: ArrayLike, *, chunk_elements: int | None = None) -> ArrayLike:
+    """Exact KL(μ‖π) = Σ_v μ_v (log μ_v − log π_v) from logits `[..., vocab]` → `[...]` (nats, clamped ≥ 0)."""
+    conv, _, out = _exact(rollout_logits, logits, False, True, chunk_elements)
+    return conv.out(out)
+
+
+def exact_tv_kl(
+    rollout_logits: ArrayLike, logits: ArrayLike, *, chunk_elements: int | None = None
+) -> tuple[ArrayLike, ArrayLike]:
+    """Both exact TV and KL(μ‖π) in one pass over the logits `[..., vocab]` → (`[...]`, `[...]`)."""
+    conv, tv_v, kl_v = _exact(rollout_logits, logits, True, True, chunk_elements)
+    return conv.out(tv_v), conv.out(kl_v)
+
+
+# --------------------------------------------------------------------------------------------------- binary
+
+
+def _token_logprobs(
+    rollout_logprob: ArrayLike, logprob: ArrayLike
+) -> tuple[Converter, torch.Tensor, torch.Tensor]:
+    conv = Converter()
+    lmu = conv.tensor(rollout_logprob, "rollout_logprob")
+    lpi = conv.tensor(logprob, "logprob")
+    lmu, lpi = conv.place(lmu), conv.place(lpi)
+    check_same_shape(lmu, "rollout_logprob", lpi, "logprob")
+    lmu = check_logprobs(lmu, "rollout_logprob").double()
+    lpi = check_logprobs(lpi, "logprob").double()
+    return conv, lmu, lpi
+
+
+def _binary_tv(lmu: torch.Tensor, lpi: torch.Tensor) -> torch.Tensor:
+    return _abs_exp_diff(lpi, lmu)
+
+
+def _binary_kl(lmu: torch.Tensor, lpi: torch.Tensor) -> torch.Tensor:
+    lmu_rest = _floor_log_mass(log1mexp(lmu))
+    lpi_rest = _floor_log_mass(log1mexp(lpi))
+    out = torch.exp(lmu) * (lmu - lpi) + torch.exp(lmu_rest) * (lmu_rest - lpi_rest)
+    return out.clamp(min=0.0)
+
+
+def binary_tv(rollout_logprob: ArrayLike, logprob: ArrayLike) -> ArrayLike:
+    """Binary TV (paper Eq. 13): |π(a) − μ(a)| from the sampled token's log-probs `[...]` → `[...]`.
+
+    The TV of the two-outcome partition {a, rest}; a lower bound of the exact TV.
+    """
+    conv, lmu, lpi = _token_logprobs(rollout_logprob, logprob)
+    return conv.out(_binary_tv(lmu, lpi))
+
+
+def binary_kl(rollout_logprob: ArrayLike, logprob: ArrayLike) -> ArrayLike:
+    """Binary KL (paper Eq. 14) from the sampled token's log-probs `[...]` → `[...]`:
+
+    μ(a) log(μ(a)/π(a)) + (1 − μ(a)) log((1 − μ(a))/(1 − π(a))), with 1 − p from log1mexp and the rest bucket's
+    log-mass floored at LOG_MASS_FLOOR.
+    """
+    conv, lmu, lpi = _token_logprobs(rollout_logprob, logprob)
+    return conv.out(_binary_kl(lmu, lpi))
+
+
+# --------------------------------------------------------------------------------------------------- top-K
+
+
+def _trainer_logprobs_at(
+    logits: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor, chunk_elements: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """π's log-probs at `ids` `[N, K]` and log π_rest `[N]` from logits `[N, V]` (float64 out).
+
+    The rest bucket is a log-sum-exp over the complement of the set (not 1 − Σ), so it is exact even when the set
+    holds nearly all the mass.
+    """
+    n, v = logits.shape
+    rows = max(1, chunk_elements // max(v, 1))
+    lp_set = torch.empty(ids.shape, dtype=torch.float64, device=logits.device)
+    lp_rest = torch.empty(n, dtype=torch.float64, device=logits.device)
+    safe_ids = ids.clamp(min=0)
+    for start in range(0, n, rows):
+        end = min(n, start + rows)
+        xc = logits[start:end]
+        if xc.dtype not in (torch.float32, torch.float64):
+            xc = xc.float()
+        check_finite(xc, "logits")
+        lse = torch.logsumexp(xc, dim=-1, keepdim=True)
+        lp_set[start:end] = (xc.gather(-1, safe_ids[start:end]) - lse).double()
+        in_set = torch.zeros(xc.shape, dtype=torch.int32, device=xc.device)
+        in_set.scatter_add_(-1, safe_ids[start:end], valid[start:end].int())
+        rest = torch.logsumexp(xc.masked_fill(in_set > 0, -math.inf), dim=-1)
+        lp_rest[start:end] = (rest - lse.squeeze(-1)).double()
+    lp_set = lp_set.masked_fill(~valid, -math.inf)
+    return lp_set, lp_rest
+
+
+def _topk_inputs(
+    rollout_topk_logprobs: ArrayLike, topk_ids: ArrayLike, logits: ArrayLike, chunk_elements: int | None
+) -> tuple[Converter, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate Top-K inputs; return (conv, valid, lmu_set, lpi_set, lmu_rest, lpi_rest), float64, rows flattened."""
+    conv = Converter()
+    lmu = conv.tensor(rollout_topk_logprobs, "rollout_topk_logprobs")
+    ids = conv.tensor(topk_ids, "topk_ids", kind="int")
+    x = conv.tensor(logits, "logits")
+    lmu, ids, x = conv.place(lmu), conv.place(ids), conv.place(x)
+    if x.ndim < 1:
+        raise ValueError(f"logits must have shape [..., vocab], got {tuple(x.shape)}")
+    v = x.shape[-1]
+    if ids.ndim != x.ndim or ids.shape[:-1] != x.shape[:-1]:
+        raise ValueError(
+            f"topk_ids must have shape [..., K] matching logits [..., vocab] in its leading dims, "
+            f"got {tuple(ids.shape)} and {tuple(x.shape)}"
+        )
+    check_same_shape(lmu, "rollout_topk_logprobs", ids, "topk_ids")
+    k = ids.shape[-1]
+    if k < 1:
+        raise ValueError("topk_ids must hold at least one id per row (K >= 1)")
+    valid = ids >= 0
+    if bool((ids < -1).any()) or bool((ids >= v).any()):
+        raise ValueError(f"topk_ids must be token ids in [0, {v}) (or -1 for an unused slot)")
+    if int(valid.sum(-1).max()) > v:
+        raise ValueError(f"K = {k} ids per row exceed the vocabulary size {v}")
+    if k > 1:
+        sorted_ids = ids.sort(dim=-1).values
+        dup = (sorted_ids[..., 1:] == sorted_ids[..., :-1]) & (sorted_ids[..., 1:] >= 0)
+        if bool(dup.any()):
+            raise ValueError("topk_ids must not repeat an id within a row")
+    lmu_valid = lmu[valid]
+    check_logprobs(lmu_valid, "rollout_topk_logprobs")
+    lmu = lmu.double().clamp(max=0.0).masked_fill(~valid, -math.inf)
+
+    chunk = DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements)
+    if chunk < 1:
+        raise ValueError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
+    lead = ids.shape[:-1]
+    ids2, valid2, lmu2 = ids.reshape(-1, k), valid.reshape(-1, k), lmu.reshape(-1, k)
+    lpi2, lpi_rest = _trainer_logprobs_at(x.reshape(-1, v), ids2, valid2, chunk)
+
+    lmu_set_total = torch.logsumexp(lmu2, dim=-1)
+    if bool((lmu_set_total > math.log1p(_TOPK_MASS_TOLERANCE)).any()):
+        raise ValueError(
+            "rollout_topk_logprobs must be log-probabilities of distinct tokens: their probabilities sum to more "
+            f"than 1 + {_TOPK_MASS_TOLERANCE:g} in some row"
+        )
+    lmu_rest = _floor_log_mass(log1mexp(lmu_set_total.clamp(max=0.0)))
+    lpi_rest = _floor_log_mass(lpi_rest)
+    conv.lead_shape = lead  # type: ignore[attr-defined]
+    return conv, valid2, lmu2, lpi2, lmu_rest, lpi_rest
+
+
+def topk_tv(
+    rollout_topk_logprobs: ArrayLike,
+    topk_ids: ArrayLike,
+    logits: ArrayLike,
+    *,
+    chunk_elements: int | None = None,
+) -> ArrayLike:
+    """Top-K TV (paper Eq. 15): ½ (Σ_{v∈S} |μ_v − π_v| + |μ_rest − π_rest|) → `[...]`.
+
+    rollout_topk_logprobs `[..., K]`: the engine's log μ at the reported ids; topk_ids `[..., K]` int (−1 marks an
+    unused slot, e.g. the K+1-th slot of the "topk_plus_sampled" rule when the sampled token is already in the
+    top K); logits `[..., vocab]`: the trainer's logits (π). μ_rest = 1 − Σ_S μ_v via log1mexp; π_rest is the
+    exact mass of the complement.
+    """
+    conv, valid, lmu, lpi, lmu_rest, lpi_rest = _topk_inputs(
+        rollout_topk_logprobs, topk_ids, logits, chunk_elements
+    )
+    per_id = _abs_exp_diff(lmu, lpi).masked_fill(~valid, 0.0)
+    out = 0.5 * (per_id.sum(-1) + _abs_exp_diff(lmu_rest, lpi_rest))
+    return conv.out(out.clamp(0.0, 1.0).reshape(conv.lead_shape))
+
+
+def topk_kl(
+    rollout_topk_logprobs: ArrayLike,
+    topk_ids: ArrayLike,
+    logits: ArrayLike,
+    *,
+    chunk_elements: int | None = None,
+) -> ArrayLike:
+    """Top-K KL (paper Eq. 16): Σ_{v∈S} μ_v log(μ_v/π_v) + μ_rest log(μ_rest/π_rest) → `[...]`.
+
+    Arguments as in `topk_tv`. Bucket log-masses are floored at LOG_MASS_FLOOR before the rest term.
+    """
+    conv, valid, lmu, lpi, lmu_rest, lpi_rest = _topk_inputs(
+        rollout_topk_logprobs, topk_ids, logits, chunk_elements
+    )
+    per_id = (torch.exp(lmu) * (lmu - lpi)).masked_fill(~valid, 0.0)
+    out = per_id.sum(-1) + torch.exp(lmu_rest) * (lmu_rest - lpi_rest)
+    return conv.out(out.clamp(min=0.0).reshape(conv.lead_shape))
+
+
+# ------------------------------------------------------------------------------------- single-sample ratio
+
+
+def abs_ratio_dev(rollout_logprob: ArrayLike, logprob: ArrayLike) -> ArrayLike:
+    """|r − 1| with r = π(a)/μ(a), from log-probs `[...]`: the single-sample estimate of 2·TV (paper Eq. 10).
+
+    Computed as |expm1(log π(a) − log μ(a))|. r beyond the output dtype's range gives inf (the true value does not
+    fit), never NaN.
+    """
+    conv, lmu, lpi = _token_logprobs(rollout_logprob, logprob)
+    return conv.out(torch.expm1(lpi - lmu).abs())
+
+
+def kl_k1(rollout_logprob: ArrayLike, logprob: ArrayLike) -> ArrayLike:
+    """k1 = −log r = log μ(a) − log π(a) `[...]`: unbiased for KL(μ‖π) when a ~ μ; single values can be negative."""
+    conv, lmu, lpi = _token_logprobs(rollout_logprob, logprob)
+    return conv.out(lmu - lpi)
+
+
+def kl_k2(rollout_logprob: ArrayLike, logprob: ArrayLike) -> ArrayLike:
+    """k2 = ½ (log r)² `[...]`: low-variance, biased estimate of KL(μ‖π) (exact to second order in log r)."""
+    conv, lmu, lpi = _token_logprobs(rollout_logprob, logprob)
+    return conv.out(0.5 * (lpi - lmu) ** 2)
+
+
+def kl_k3(rollout_logprob: ArrayLike, logprob: ArrayLike) -> ArrayLike:
+    """k3 = (r − 1) − log r `[...]`: unbiased for KL(μ‖π) when a ~ μ and never negative."""
+    conv, lmu, lpi = _token_logprobs(rollout_logprob, logprob)
+    log_r = lpi - lmu
+    return conv.out((torch.expm1(log_r) - log_r).clamp(min=0.0))

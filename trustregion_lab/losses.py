@@ -1,0 +1,193 @@
+"""The one policy-gradient surrogate every method shares, and its diagnostics (DESIGN §2).
+
+    loss_t = −Â_t · sg(min(r_t, ratio_cap)) · M_t · log π(a_t),     r_t = π(a_t)/μ(a_t),  sg = stop-gradient
+
+M_t is the trust-region mask of `trustregion_lab.masks` (paper Eq. 11–12). Its gradient is the masked,
+importance-sampled policy gradient −Â · min(r, C) · M · ∇log π; for method "ppo" (with r below the cap) it equals the
+gradient of PPO's clipped objective −min(r Â, clip(r, 1 − low, 1 + high) Â), since PPO's min selects the
+clipped (constant) branch exactly when the ratio rule of the mask drops the token.
+
+Aggregations over valid (response) tokens, with n_t = valid tokens of sequence t:
+    "token-mean"           Σ_{seq,t} loss / Σ n_t
+    "seq-mean-token-sum"   mean over sequences with n_t > 0 of Σ_t loss
+    "seq-mean-token-mean"  mean over sequences with n_t > 0 of (Σ_t loss) / n_t
+The last axis is time; leading axes index sequences (a 1-D input is one sequence).
+
+Metrics (floats; every method reports the same names; a metric whose denominator is empty is NaN):
+    over tokens with response_mask and Â ≠ 0 (the ones that carry gradient):
+      mask_frac        dropped / tokens;   mask_frac_pos, mask_frac_neg: the same among Â > 0 / Â < 0
+      ratio_clip_frac  share the PPO ratio rule (ε = `ratio_clip`) would drop: comparable with mask_frac
+    over all response tokens:
+      ratio_cap_frac   share with r > ratio_cap
+      mismatch_k1      mean(log μ − log π)           mismatch_k3   mean(r − 1 − log r)
+      chi2             mean((r − 1)²)               ess           (Σ r)² / (n Σ r²)  (1 = on-policy)
+      ratio_mean, ratio_max, valid_tokens (count of response tokens), adv_tokens (count with Â ≠ 0)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from trustregion_lab._arrays import ArrayLike, Converter, check_logprobs, check_same_shape, check_threshold
+from trustregion_lab.masks import broadcast_advantages, check_method, outside_region
+
+__all__ = ["AGGREGATIONS", "METRIC_NAMES", "aggregate", "policy_loss"]
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+METRIC_NAMES = (
+    "mask_frac",
+    "mask_frac_pos",
+    "mask_frac_neg",
+    "ratio_clip_frac",
+    "ratio_cap_frac",
+    "mismatch_k1",
+    "mismatch_k3",
+    "chi2",
+    "ess",
+    "ratio_mean",
+    "ratio_max",
+    "valid_tokens",
+    "adv_tokens",
+)
+DEFAULT_RATIO_CLIP = (0.2, 0.2)
+
+
+def aggregate(per_token: torch.Tensor, valid: torch.Tensor, agg: str) -> torch.Tensor:
+    """Reduce a per-token loss `[..., time]` over valid tokens (bool `[..., time]`) with one of AGGREGATIONS."""
+    if agg not in AGGREGATIONS:
+        raise ValueError(f"unknown agg {agg!r}; expected one of {list(AGGREGATIONS)}")
+    per_token = per_token * valid.to(per_token.dtype)
+    if agg == "token-mean":
+        return per_token.sum() / valid.sum().clamp(min=1).to(per_token.dtype)
+    seq_sum = per_token.reshape(-1, per_token.shape[-1]).sum(-1)
+    n_t = valid.reshape(-1, valid.shape[-1]).sum(-1)
+    nonempty = n_t > 0
+    if agg == "seq-mean-token-mean":
+        seq_sum = seq_sum / n_t.clamp(min=1).to(per_token.dtype)
+    return (seq_sum * nonempty.to(per_token.dtype)).sum() / nonempty.sum().clamp(min=1).to(per_token.dtype)
+
+
+def _frac(num: torch.Tensor, den: torch.Tensor) -> float:
+    d = int(den.sum())
+    return float(num.sum()) / d if d else math.nan
+
+
+def _mean(x: torch.Tensor, where: torch.Tensor) -> float:
+    n = int(where.sum())
+    return float(x[where].sum()) / n if n else math.nan
+
+
+def policy_loss(
+    method: str,
+    *,
+    logprob: ArrayLike,
+    rollout_logprob: ArrayLike,
+    advantages: ArrayLike,
+    response_mask: ArrayLike,
+    low: float,
+    high: float,
+    ratio_cap: float = 10.0,
+    agg: str = "token-mean",
+    ratio_clip: tuple[float, float] | None = None,
+    topk_ids: ArrayLike | None = None,
+    rollout_topk_logprobs: ArrayLike | None = None,
+    logits: ArrayLike | None = None,
+    rollout_logits: ArrayLike | None = None,
+    old_logprob: ArrayLike | None = None,
+    old_logits: ArrayLike | None = None,
+) -> tuple[ArrayLike, dict[str, float]]:
+    """The masked, capped importance-sampling surrogate of DESIGN §2 → (scalar loss, metrics).
+
+    logprob: log π(a) `[..., time]` (a torch tensor with grad for training); rollout_logprob: log μ(a), same shape;
+    advantages: Â, same shape or `[batch]` for `[batch, time]`; response_mask: bool, same shape (False = padding);
+    low, high: mask thresholds (ratio ε for "ppo", δ for DPPO methods); ratio_cap: C in min(r, C) (> 0, may be
+    inf); agg: one of AGGREGATIONS; ratio_clip: the (low, high) ε of the PPO rule behind `ratio_clip_frac`
+    (default: low/high for "ppo", else 0.2/0.2). The remaining keyword arguments are passed to the mask, see
+    `trustregion_lab.masks.trust_region_mask`.
+    """
+    method = check_method(method)
+    low = check_threshold(low, "low")
+    high = check_threshold(high, "high")
+    cap = check_threshold(ratio_cap, "ratio_cap") if ratio_cap != math.inf else math.inf
+    if cap == 0:
+        raise ValueError("ratio_cap must be > 0 (use math.inf for no cap)")
+    if not isinstance(agg, str) or agg not in AGGREGATIONS:
+        raise ValueError(f"unknown agg {agg!r}; expected one of {list(AGGREGATIONS)}")
+    if ratio_clip is None:
+        ratio_clip = (low, high) if method == "ppo" else DEFAULT_RATIO_CLIP
+    if not isinstance(ratio_clip, tuple | list) or len(ratio_clip) != 2:
+        raise TypeError(f"ratio_clip must be a (low, high) pair, got {ratio_clip!r}")
+    clip_low = check_threshold(ratio_clip[0], "ratio_clip[0]")
+    clip_high = check_threshold(ratio_clip[1], "ratio_clip[1]")
+
+    conv = Converter()
+    lp = conv.tensor(logprob, "logprob")
+    lmu = conv.tensor(rollout_logprob, "rollout_logprob")
+    adv = conv.tensor(advantages, "advantages")
+    resp = conv.tensor(response_mask, "response_mask", kind="bool")
+    lp, lmu, adv, resp = conv.place(lp), conv.place(lmu), conv.place(adv), conv.place(resp)
+    if lp.ndim < 1:
+        raise ValueError(f"logprob must have shape [..., time], got a scalar {tuple(lp.shape)}")
+    check_same_shape(lp, "logprob", lmu, "rollout_logprob")
+    check_same_shape(lp, "logprob", resp, "response_mask")
+    adv = broadcast_advantages(adv, lp.shape)
+    lp_const = check_logprobs(lp.detach(), "logprob")
+    lmu = check_logprobs(lmu, "rollout_logprob")
+
+    extra: dict[str, Any] = {
+        "topk_ids": topk_ids,
+        "rollout_topk_logprobs": rollout_topk_logprobs,
+        "logits": logits,
+        "rollout_logits": rollout_logits,
+        "old_logprob": old_logprob,
+        "old_logits": old_logits,
+    }
+    extra = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in extra.items()}
+    with torch.no_grad():
+        up, down = outside_region(method, logprob=lp_const, rollout_logprob=lmu, low=low, high=high, **extra)
+        anchor = {k: extra[k] for k in ("old_logprob",)}
+        clip_up, clip_down = outside_region(
+            "ppo", logprob=lp_const, rollout_logprob=lmu, low=clip_low, high=clip_high, **anchor
+        )
+        pos, neg = resp & (adv > 0), resp & (adv < 0)
+        keep = ~((pos & up) | (neg & down))
+        log_r = lp_const.double() - lmu.double()
+        ratio = torch.exp(log_r)
+        weight = ratio.clamp(max=cap)
+        coef = (-adv.double() * weight * keep).to(lp.dtype)
+
+    per_token = coef * lp if lp.dtype.is_floating_point else coef * lp.float()
+    loss = aggregate(per_token, resp, agg)
+
+    with torch.no_grad():
+        gets_grad = pos | neg
+        dropped = ~keep
+        clip_drop = (pos & clip_up) | (neg & clip_down)
+        rm1 = torch.expm1(log_r)
+        n_resp = int(resp.sum())
+        if n_resp:
+            lr = log_r[resp]
+            w = torch.exp(lr - lr.max())  # ESS is scale-free: normalise by the max ratio to avoid overflow
+            ess = float(w.sum() ** 2 / (n_resp * (w**2).sum()))
+            ratio_max = float(ratio[resp].max())
+        else:
+            ess = ratio_max = math.nan
+        metrics = {
+            "mask_frac": _frac(dropped & gets_grad, gets_grad),
+            "mask_frac_pos": _frac(dropped & pos, pos),
+            "mask_frac_neg": _frac(dropped & neg, neg),
+            "ratio_clip_frac": _frac(clip_drop, gets_grad),
+            "ratio_cap_frac": _frac((ratio > cap) & resp, resp),
+            "mismatch_k1": _mean(-log_r, resp),
+            "mismatch_k3": _mean((rm1 - log_r).clamp(min=0.0), resp),
+            "chi2": _mean(rm1**2, resp),
+            "ess": ess,
+            "ratio_mean": _mean(ratio, resp),
+            "ratio_max": ratio_max,
+            "valid_tokens": float(n_resp),
+            "adv_tokens": float(int(gets_grad.sum())),
+        }
+    return (loss if conv.saw_torch else conv.out(loss.detach())), metrics
