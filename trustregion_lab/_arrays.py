@@ -68,8 +68,8 @@ class Converter:
                 raise TypeError(f"{name} must be an integer array of token ids, got dtype {t.dtype}")
             t = t.long()
         elif kind == "bool":
-            if t.dtype.is_floating_point or t.dtype.is_complex:
-                raise TypeError(f"{name} must be a boolean (or 0/1 integer) mask, got dtype {t.dtype}")
+            if t.dtype.is_complex:
+                raise TypeError(f"{name} must be a boolean (or 0/1) mask, got dtype {t.dtype}")
             if t.dtype != torch.bool:
                 if bool(((t != 0) & (t != 1)).any()):
                     raise ValueError(f"{name} must hold only 0/1 (or True/False) values")

@@ -83,7 +83,7 @@ def _abs_exp_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """|exp(a) − exp(b)| without cancellation; 0 where both are −inf."""
     hi = torch.maximum(a, b)
     gap = torch.minimum(a, b) - hi  # ≤ 0, or NaN when both are −inf
-    out = torch.exp(hi) * -torch.expm1(gap)
+    out = torch.exp(hi) * torch.expm1(gap).abs()
     return torch.where(torch.isneginf(hi), torch.zeros_like(out), out)
 
 
@@ -315,6 +315,10 @@ def _topk_inputs(
         )
     lmu_rest = _floor_log_mass(log1mexp(lmu_set_total.clamp(max=0.0)))
     lpi_rest = _floor_log_mass(lpi_rest)
+    # A set holding every id leaves no rest bucket: whatever 1 − Σ μ_S rounding left over is not mass.
+    full = valid2.sum(-1) == v
+    lmu_rest = lmu_rest.masked_fill(full, LOG_MASS_FLOOR)
+    lpi_rest = lpi_rest.masked_fill(full, LOG_MASS_FLOOR)
     conv.lead_shape = lead  # type: ignore[attr-defined]
     return conv, valid2, lmu2, lpi2, lmu_rest, lpi_rest
 

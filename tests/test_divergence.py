@@ -1,0 +1,314 @@
+"""trustregion_lab.divergence against the float64 references in tests/reference.py.
+
+Tolerances: float64 inputs rtol 1e-5 with an absolute floor of 1e-12; float32 inputs rtol 1e-4 with an absolute
+floor of 64·eps32·(1 + max|logit|) ≈ 8e-6·(1 + max|logit|): the logits themselves carry eps32·|x| of rounding, which
+moves every log-probability by that much, so no float32 computation can promise more in absolute terms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests import reference as ref
+from trustregion_lab import divergence as D
+
+EPS32 = float(np.finfo(np.float32).eps)
+FAMILIES = ("normal", "wide", "zipf", "spread200", "near_one", "tiny", "one_hot")
+
+
+def make_pair(
+    rng: np.random.Generator, n: int, v: int, family: str, move: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """μ logits `[n, v]` from a family, π logits = μ logits + a perturbation of size `move`."""
+    if family == "normal":
+        x = rng.normal(0.0, 1.0, (n, v))
+    elif family == "wide":
+        x = rng.normal(0.0, 8.0, (n, v))
+    elif family == "zipf":  # LLM-like: power-law in rank, random permutation, a temperature
+        ranks = np.argsort(rng.random((n, v)), axis=-1) + 1.0
+        x = -rng.uniform(0.8, 2.0, (n, 1)) * np.log(ranks) / rng.uniform(0.3, 1.5, (n, 1))
+    elif family == "spread200":
+        x = rng.uniform(-100.0, 100.0, (n, v))
+    elif family == "near_one":  # token 0 has μ within ~1e-7 of 1
+        x = rng.normal(0.0, 1.0, (n, v))
+        others = np.log(np.exp(x[:, 1:]).sum(-1)) if v > 1 else np.zeros(n)
+        x[:, 0] = others + np.log((1 - 5e-8) / 5e-8)
+    elif family == "tiny":  # token 0 has μ below 1e-30
+        x = rng.normal(0.0, 1.0, (n, v))
+        x[:, 0] = x[:, 1:].max(-1) - 75.0 if v > 1 else 0.0
+    elif family == "one_hot":
+        x = np.zeros((n, v))
+        x[np.arange(n), rng.integers(0, v, n)] = 60.0
+    else:  # pragma: no cover
+        raise AssertionError(family)
+    y = x + move * rng.normal(0.0, 1.0, (n, v))
+    return x, y
+
+
+def tol(dtype: np.dtype, *arrays: np.ndarray) -> dict[str, float]:
+    if dtype == np.float64:
+        return {"rtol": 1e-5, "atol": 1e-12}
+    scale = 1.0 + max(float(np.abs(a).max()) for a in arrays)
+    return {"rtol": 1e-4, "atol": 64 * EPS32 * scale}
+
+
+def sampled_tokens(rng: np.random.Generator, lmu: np.ndarray) -> np.ndarray:
+    """One token per row drawn from μ (float64 probabilities renormalised)."""
+    p = np.exp(lmu - lmu.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    cdf = np.cumsum(p, -1)
+    u = rng.random((p.shape[0], 1)) * cdf[:, -1:]
+    return np.minimum((cdf < u).sum(-1), p.shape[1] - 1)
+
+
+def topk_set(lmu: np.ndarray, a: np.ndarray, k: int) -> np.ndarray:
+    """The 'topk_plus_sampled' set rule: K largest μ plus the sampled token, -1 padding when already inside."""
+    top = np.argsort(-lmu, axis=-1, kind="stable")[:, :k]
+    inside = (top == a[:, None]).any(-1)
+    extra = np.where(inside, -1, a)[:, None]
+    return np.concatenate([top, extra], axis=-1)
+
+
+def gather(lp: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    return np.where(ids >= 0, np.take_along_axis(lp, np.maximum(ids, 0), -1), -np.inf)
+
+
+# ----------------------------------------------------------------------------------------------- references
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    v=st.sampled_from([2, 3, 5, 17, 128, 1000, 5000]),
+    family=st.sampled_from(FAMILIES),
+    move=st.sampled_from([0.0, 1e-4, 0.03, 0.3, 2.0]),
+    dtype=st.sampled_from([np.float64, np.float32]),
+)
+def test_every_divergence_matches_float64_reference(seed, v, family, move, dtype):
+    rng = np.random.default_rng(seed)
+    n = 6
+    x, y = make_pair(rng, n, v, family, move)
+    x, y = x.astype(dtype), y.astype(dtype)
+    t = tol(np.dtype(dtype), x, y)
+
+    np.testing.assert_allclose(D.tv(x, y), ref.tv(x, y), **t)
+    np.testing.assert_allclose(D.kl(x, y), ref.kl(x, y), **t)
+    tv_both, kl_both = D.exact_tv_kl(x, y)
+    np.testing.assert_allclose(tv_both, ref.tv(x, y), **t)
+    np.testing.assert_allclose(kl_both, ref.kl(x, y), **t)
+
+    lmu, lpi = ref.logprobs(x), ref.logprobs(y)
+    a = sampled_tokens(rng, lmu)
+    lmu_a = lmu[np.arange(n), a].astype(dtype)
+    lpi_a = lpi[np.arange(n), a].astype(dtype)
+    tb = {"rtol": t["rtol"], "atol": 1e-12 if dtype == np.float64 else 1e-6}
+    np.testing.assert_allclose(D.binary_tv(lmu_a, lpi_a), ref.binary_tv(lmu_a, lpi_a), **tb)
+    # where log π(a) rounds to exactly 0 the reference's 1 − π(a) is 0 and its KL inf; the package floors that
+    # bucket (LOG_MASS_FLOOR) and must return a finite value instead
+    got, want = D.binary_kl(lmu_a, lpi_a), ref.binary_kl(lmu_a, lpi_a)
+    assert np.isfinite(got).all() and (got >= 0).all()
+    np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], **tb)
+
+    k = min(v, 4)
+    ids = topk_set(lmu, a, k)
+    reported = gather(lmu, ids).astype(dtype)
+    np.testing.assert_allclose(D.topk_tv(reported, ids, y), ref.topk_tv(x, y, ids), **t)
+    np.testing.assert_allclose(D.topk_kl(reported, ids, y), ref.topk_kl(x, y, ids), **t)
+
+
+@pytest.mark.parametrize("v", [32_000, 151_936, 262_144])
+@pytest.mark.parametrize("family", ["zipf", "spread200", "near_one"])
+def test_large_vocabularies_match_reference(v, family):
+    rng = np.random.default_rng(v + len(family))
+    x, y = make_pair(rng, 3, v, family, 0.05)
+    np.testing.assert_allclose(D.tv(x, y), ref.tv(x, y), rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(D.kl(x, y), ref.kl(x, y), rtol=1e-5, atol=1e-12)
+    lmu = ref.logprobs(x)
+    ids = topk_set(lmu, sampled_tokens(rng, lmu), 20)
+    np.testing.assert_allclose(
+        D.topk_kl(gather(lmu, ids), ids, y), ref.topk_kl(x, y, ids), rtol=1e-5, atol=1e-12
+    )
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    np.testing.assert_allclose(D.tv(x32, y32), ref.tv(x32, y32), **tol(np.dtype(np.float32), x32, y32))
+    np.testing.assert_allclose(D.kl(x32, y32), ref.kl(x32, y32), **tol(np.dtype(np.float32), x32, y32))
+
+
+def test_extreme_token_probabilities_binary():
+    """μ(a) within 1e-7 of 1, μ(a) below 1e-30, π ≈ μ to 1e-12, identical, and μ(a) = 1: against 50-digit mpmath."""
+    mp.mp.dps = 50
+    lmu = np.array([math.log1p(-1e-7), math.log1p(-1e-7), -70.0, -70.0, -1e-12, -0.5, 0.0])
+    lpi = np.array([math.log1p(-3e-7), math.log1p(-1e-8), -69.0, -75.0, -2e-12, -0.5, -1e-3])
+
+    def exact_tv(a, b):
+        return float(abs(mp.exp(mp.mpf(b)) - mp.exp(mp.mpf(a))))
+
+    def exact_kl(a, b):
+        mu, pi = mp.exp(mp.mpf(a)), mp.exp(mp.mpf(b))
+        rest = 0 if mu == 1 else (1 - mu) * mp.log((1 - mu) / (1 - pi))
+        return float(mu * (mp.mpf(a) - mp.mpf(b)) + rest)
+
+    want_tv = [exact_tv(a, b) for a, b in zip(lmu, lpi)]
+    want_kl = [exact_kl(a, b) for a, b in zip(lmu, lpi)]
+    np.testing.assert_allclose(D.binary_tv(lmu, lpi), want_tv, rtol=1e-9, atol=0)
+    # KL between nearly equal Bernoullis is a difference of two ~μ·d terms: float64 keeps ~1e-16/d relative
+    np.testing.assert_allclose(D.binary_kl(lmu, lpi), want_kl, rtol=1e-5, atol=1e-22)
+    assert D.binary_tv(lmu, lpi)[5] == 0.0 and D.binary_kl(lmu, lpi)[5] == 0.0
+
+
+def test_single_sample_estimators_match_reference():
+    rng = np.random.default_rng(1)
+    lmu = -rng.exponential(3.0, 200)
+    lpi = np.minimum(lmu + rng.normal(0, 0.5, 200), 0.0)
+    r = np.exp(lpi - lmu)
+    np.testing.assert_allclose(D.abs_ratio_dev(lmu, lpi), np.abs(r - 1), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(D.kl_k1(lmu, lpi), -np.log(r), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(D.kl_k2(lmu, lpi), 0.5 * np.log(r) ** 2, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(D.kl_k3(lmu, lpi), r - 1 - np.log(r), rtol=1e-8, atol=1e-15)
+    # a ratio of e^200 overflows float32 to inf (the true value does not fit), never NaN
+    big = D.abs_ratio_dev(np.float32([-200.0]), np.float32([0.0]))
+    assert np.isinf(big).all() and big.dtype == np.float32
+
+
+# ----------------------------------------------------------------------------------------------- properties
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    v=st.sampled_from([2, 3, 7, 50, 400]),
+    family=st.sampled_from(FAMILIES),
+    move=st.sampled_from([1e-3, 0.1, 1.0, 5.0]),
+    k=st.integers(1, 30),
+)
+def test_ranges_and_data_processing_inequality(seed, v, family, move, k):
+    rng = np.random.default_rng(seed)
+    n = 8
+    x, y = make_pair(rng, n, v, family, move)
+    exact_tv, exact_kl = D.exact_tv_kl(x, y)
+    assert ((exact_tv >= 0) & (exact_tv <= 1)).all() and (exact_kl >= 0).all()
+    lmu, lpi = ref.logprobs(x), ref.logprobs(y)
+    a = sampled_tokens(rng, lmu)
+    k = min(k, v)
+    ids = topk_set(lmu, a, k)
+    btv = D.binary_tv(lmu[np.arange(n), a], lpi[np.arange(n), a])
+    bkl = D.binary_kl(lmu[np.arange(n), a], lpi[np.arange(n), a])
+    ktv = D.topk_tv(gather(lmu, ids), ids, y)
+    kkl = D.topk_kl(gather(lmu, ids), ids, y)
+
+    def le(a: np.ndarray, b: np.ndarray) -> bool:
+        # slack for the inputs' rounding: log π(a) ≈ 0 carries ~1e-16 absolute error, which is a relative error
+        # of 1e-16/(1 − π(a)) in the rest bucket of the Binary estimate
+        return bool((a <= b * (1 + 1e-4) + 1e-12).all())
+
+    # Binary KL reads 1 − π(a) off log π(a); below ~1e-9 that bucket is under the float64 log-prob's resolution
+    resolved = -np.expm1(lpi[np.arange(n), a]) > 1e-9
+    assert le(btv, ktv) and le(ktv, exact_tv)
+    assert le(bkl[resolved], kkl[resolved]) and le(kkl, exact_kl)
+    assert ((ktv >= 0) & (ktv <= 1)).all() and (kkl >= 0).all() and (bkl >= 0).all()
+
+
+@pytest.mark.parametrize("v", [2, 5, 9])
+def test_ratio_estimators_are_exact_in_expectation(v):
+    """E_{a~μ}|r − 1| = 2·TV, E k1 = E k3 = KL(μ‖π), E (r − 1)² = χ²(π‖μ): by exact enumeration over a."""
+    rng = np.random.default_rng(v)
+    x, y = make_pair(rng, 4, v, "wide", 0.7)
+    lmu, lpi = ref.logprobs(x), ref.logprobs(y)
+    mu = np.exp(lmu)
+    np.testing.assert_allclose(
+        (mu * D.abs_ratio_dev(lmu, lpi)).sum(-1), 2 * D.tv(x, y), rtol=1e-10, atol=1e-15
+    )
+    np.testing.assert_allclose((mu * D.kl_k1(lmu, lpi)).sum(-1), D.kl(x, y), rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose((mu * D.kl_k3(lmu, lpi)).sum(-1), D.kl(x, y), rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose((mu * D.abs_ratio_dev(lmu, lpi) ** 2).sum(-1), ref.chi2(x, y), rtol=1e-9)
+
+
+def test_topk_with_all_ids_is_exact_and_rules_differ_only_in_set():
+    rng = np.random.default_rng(3)
+    x, y = make_pair(rng, 5, 12, "normal", 0.8)
+    lmu = ref.logprobs(x)
+    ids = np.tile(np.arange(12), (5, 1))
+    np.testing.assert_allclose(D.topk_tv(lmu, ids, y), D.tv(x, y), rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(D.topk_kl(lmu, ids, y), D.kl(x, y), rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- kinds, dtypes
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_torch_and_numpy_agree_and_dtype_is_kept(dtype):
+    rng = np.random.default_rng(5)
+    x, y = make_pair(rng, 4, 300, "zipf", 0.2)
+    xt, yt = torch.tensor(x, dtype=dtype), torch.tensor(y, dtype=dtype)
+    out_t = D.kl(xt, yt)
+    assert isinstance(out_t, torch.Tensor) and out_t.dtype == dtype and out_t.shape == (4,)
+    if dtype != torch.bfloat16:
+        out_n = D.kl(xt.numpy(), yt.numpy())
+        assert isinstance(out_n, np.ndarray) and out_n.dtype == xt.numpy().dtype
+        np.testing.assert_array_equal(out_n, out_t.numpy())
+    lmu = torch.log_softmax(xt.double(), -1)[:, 0].to(dtype)
+    lpi = torch.log_softmax(yt.double(), -1)[:, 0].to(dtype)
+    assert D.binary_kl(lmu, lpi).dtype == dtype
+    assert D.binary_tv(lmu, lpi).dtype == dtype
+
+
+def test_mixed_precision_inputs_promote_and_leading_dims_are_kept():
+    rng = np.random.default_rng(6)
+    x, y = make_pair(rng, 6, 50, "normal", 0.3)
+    out = D.tv(torch.tensor(x, dtype=torch.bfloat16).reshape(2, 3, 50), torch.tensor(y).reshape(2, 3, 50))
+    assert out.dtype == torch.float64 and out.shape == (2, 3)
+    single = D.kl(x[0], y[0])
+    assert np.ndim(single) == 0
+    np.testing.assert_allclose(single, ref.kl(x[:1], y[:1])[0], rtol=1e-10)
+
+
+def test_chunking_does_not_change_results():
+    rng = np.random.default_rng(7)
+    x, y = make_pair(rng, 37, 1000, "zipf", 0.2)
+    full = D.exact_tv_kl(x, y)
+    for chunk in (1, 999, 1000, 12_345):
+        tv_c, kl_c = D.exact_tv_kl(x, y, chunk_elements=chunk)
+        np.testing.assert_allclose(tv_c, full[0], rtol=1e-13, atol=1e-16)
+        np.testing.assert_allclose(kl_c, full[1], rtol=1e-13, atol=1e-16)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_naming_the_argument():
+    x = np.zeros((2, 5))
+    with pytest.raises(ValueError, match="same shape"):
+        D.tv(x, np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="logits must be finite"):
+        D.kl(x, np.where(np.eye(2, 5) > 0, np.nan, 0.0))
+    with pytest.raises(ValueError, match="rollout_logits must be finite"):
+        D.tv(np.where(np.eye(2, 5) > 0, -np.inf, 0.0), x)
+    with pytest.raises(TypeError, match="floating dtype"):
+        D.tv(np.zeros((2, 5), dtype=np.int64), x)
+    with pytest.raises(TypeError, match=r"torch\.Tensor or numpy\.ndarray"):
+        D.tv([[0.0, 1.0]], [[0.0, 1.0]])
+    with pytest.raises(ValueError, match="device"):
+        D.tv(torch.zeros(2, 5), torch.zeros(2, 5, device="meta"))
+    with pytest.raises(ValueError, match="chunk_elements"):
+        D.tv(x, x, chunk_elements=0)
+    with pytest.raises(ValueError, match=r"logprob must be log-probabilities \(<= 0\)"):
+        D.binary_tv(np.array([-0.1]), np.array([0.5]))
+    with pytest.raises(ValueError, match="rollout_logprob must be finite"):
+        D.binary_kl(np.array([np.nan]), np.array([-0.5]))
+    lp = np.log(np.full((2, 3), 0.2))
+    with pytest.raises(ValueError, match=r"topk_ids must be token ids in \[0, 5\)"):
+        D.topk_tv(lp, np.array([[0, 1, 5], [0, 1, 2]]), x)
+    with pytest.raises(ValueError, match="exceed the vocabulary"):
+        D.topk_tv(np.log(np.full((2, 6), 0.1)), np.tile(np.arange(6) % 5, (2, 1)), x)
+    with pytest.raises(ValueError, match="must not repeat"):
+        D.topk_kl(lp, np.array([[0, 1, 1], [0, 1, 2]]), x)
+    with pytest.raises(TypeError, match="integer array of token ids"):
+        D.topk_kl(lp, np.zeros((2, 3)), x)
+    with pytest.raises(ValueError, match="sum to more than 1"):
+        D.topk_kl(np.log(np.full((2, 3), 0.5)), np.array([[0, 1, 2], [0, 1, 2]]), x)
+    with pytest.raises(ValueError, match="topk_ids must have shape"):
+        D.topk_tv(lp[:1], np.array([[0, 1, 2]]), x)

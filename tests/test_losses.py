@@ -1,0 +1,198 @@
+"""policy_loss: gradients against hand/textbook forms, aggregations and metrics against numpy references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests import reference as ref
+from trustregion_lab.losses import AGGREGATIONS, policy_loss
+from trustregion_lab.masks import METHODS, trust_region_mask
+
+
+def sequence_batch(seed: int, b: int = 6, t: int = 9, v: int = 11, move: float = 0.6):
+    """Trainer logits z (leaf, float64) `[b, t, v]`, rollout logits, sampled tokens, Â per sequence, padding."""
+    rng = np.random.default_rng(seed)
+    mu_logits = rng.normal(0, 1.5, (b, t, v))
+    z = torch.tensor(mu_logits + move * rng.normal(size=(b, t, v)), requires_grad=True)
+    tokens = rng.integers(0, v, (b, t))
+    adv = rng.normal(size=b)
+    adv[0] = 0.0
+    lengths = rng.integers(1, t + 1, b)
+    lengths[1] = 0  # an empty sequence
+    resp = np.arange(t)[None, :] < lengths[:, None]
+    return rng, mu_logits, z, tokens, adv, resp
+
+
+def token_logprobs(logits: torch.Tensor, tokens: np.ndarray) -> torch.Tensor:
+    return torch.log_softmax(logits, -1).gather(-1, torch.as_tensor(tokens)[..., None]).squeeze(-1)
+
+
+def reference_aggregate(per_token: torch.Tensor, resp: np.ndarray, agg: str) -> torch.Tensor:
+    m = torch.as_tensor(resp, dtype=per_token.dtype)
+    if agg == "token-mean":
+        return (per_token * m).sum() / m.sum()
+    rows = [i for i in range(resp.shape[0]) if resp[i].any()]
+    per_seq = [
+        (per_token[i] * m[i]).sum() / (m[i].sum() if agg == "seq-mean-token-mean" else 1.0) for i in rows
+    ]
+    return torch.stack(per_seq).mean()
+
+
+@pytest.mark.parametrize("agg", AGGREGATIONS)
+@pytest.mark.parametrize("clip", [(0.2, 0.2), (0.2, 0.28), (0.05, 0.4)])
+def test_ppo_gradient_equals_the_clipped_objective(agg, clip):
+    """∇ of the shared surrogate with method "ppo" = ∇ of −min(r Â, clip(r, 1 − low, 1 + high) Â) (autograd)."""
+    _, mu_logits, z, tokens, adv, resp = sequence_batch(1)
+    lmu = token_logprobs(torch.tensor(mu_logits), tokens)
+    lp = token_logprobs(z, tokens)
+    loss, _ = policy_loss(
+        "ppo", logprob=lp, rollout_logprob=lmu, advantages=torch.tensor(adv), response_mask=torch.tensor(resp),
+        low=clip[0], high=clip[1], ratio_cap=math.inf, agg=agg,
+    )  # fmt: skip
+    (grad,) = torch.autograd.grad(loss, z)
+
+    r = torch.exp(token_logprobs(z, tokens) - lmu)
+    a = torch.tensor(adv)[:, None]
+    textbook = -torch.minimum(r * a, r.clamp(1 - clip[0], 1 + clip[1]) * a)
+    (want,) = torch.autograd.grad(reference_aggregate(textbook, resp, agg), z)
+    torch.testing.assert_close(grad, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_gradient_is_the_masked_capped_is_policy_gradient(method):
+    """∇_z loss = Σ_t −Â_t · min(r_t, C) · M_t · (onehot(a_t) − softmax(z_t)) / n, computed by hand in float64."""
+    _, mu_logits, z, tokens, adv, resp = sequence_batch(2, move=1.0)
+    b, t, v = mu_logits.shape
+    lmu_full = ref.logprobs(mu_logits)
+    lpi_full = ref.logprobs(z.detach().numpy())
+    lmu = np.take_along_axis(lmu_full, tokens[..., None], -1)[..., 0]
+    lpi = np.take_along_axis(lpi_full, tokens[..., None], -1)[..., 0]
+    ids = np.argsort(-lmu_full, axis=-1)[..., :3]
+    topk_lp = np.take_along_axis(lmu_full, ids, -1)
+    cap, low, high = 2.0, 0.1, 0.15
+    loss, _ = policy_loss(
+        method, logprob=token_logprobs(z, tokens), rollout_logprob=torch.tensor(lmu), advantages=torch.tensor(adv),
+        response_mask=torch.tensor(resp), low=low, high=high, ratio_cap=cap, topk_ids=torch.tensor(ids),
+        rollout_topk_logprobs=torch.tensor(topk_lp), logits=z.detach(), rollout_logits=torch.tensor(mu_logits),
+    )  # fmt: skip
+    (grad,) = torch.autograd.grad(loss, z)
+
+    keep = trust_region_mask(
+        method, logprob=lpi, rollout_logprob=lmu, advantages=np.broadcast_to(adv[:, None], (b, t)), low=low,
+        high=high, topk_ids=ids, rollout_topk_logprobs=topk_lp, logits=lpi_full, rollout_logits=mu_logits,
+    )  # fmt: skip
+    coef = -adv[:, None] * np.minimum(np.exp(lpi - lmu), cap) * keep * resp / resp.sum()
+    onehot = np.eye(v)[tokens]
+    want = coef[..., None] * (onehot - np.exp(lpi_full))
+    np.testing.assert_allclose(grad.numpy(), want, rtol=1e-9, atol=1e-13)
+
+
+def test_metrics_match_numpy_with_stated_denominators():
+    _, mu_logits, z, tokens, adv, resp = sequence_batch(3, b=40, t=12, move=0.8)
+    adv[5:9] = 0.0
+    lmu = np.take_along_axis(ref.logprobs(mu_logits), tokens[..., None], -1)[..., 0]
+    lpi = np.take_along_axis(ref.logprobs(z.detach().numpy()), tokens[..., None], -1)[..., 0]
+    low, high, cap = 0.15, 0.15, 3.0
+    _, m = policy_loss(
+        "dppo_binary_tv", logprob=lpi, rollout_logprob=lmu, advantages=adv, response_mask=resp, low=low, high=high,
+        ratio_cap=cap,
+    )  # fmt: skip
+
+    a = np.broadcast_to(adv[:, None], resp.shape)
+    pos, neg = resp & (a > 0), resp & (a < 0)
+    grad_tok = pos | neg
+    r = np.exp(lpi - lmu)
+    drop = (
+        ref.divergence_drop(np.abs(np.exp(lpi) - np.exp(lmu)), np.exp(lpi), np.exp(lmu), a, low, high) & resp
+    )
+    clip = ref.ppo_drop(r, a, 0.2, 0.2) & resp
+    rr = r[resp]
+    want = {
+        "mask_frac": drop[grad_tok].mean(),
+        "mask_frac_pos": drop[pos].mean(),
+        "mask_frac_neg": drop[neg].mean(),
+        "ratio_clip_frac": clip[grad_tok].mean(),
+        "ratio_cap_frac": (rr > cap).mean(),
+        "mismatch_k1": np.mean(-np.log(rr)),
+        "mismatch_k3": np.mean(rr - 1 - np.log(rr)),
+        "chi2": np.mean((rr - 1) ** 2),
+        "ess": rr.sum() ** 2 / (len(rr) * (rr**2).sum()),
+        "ratio_mean": rr.mean(),
+        "ratio_max": rr.max(),
+        "valid_tokens": resp.sum(),
+        "adv_tokens": grad_tok.sum(),
+    }
+    assert set(m) == set(want)
+    for name, value in want.items():
+        assert m[name] == pytest.approx(float(value), rel=1e-9, abs=1e-12), name
+    assert 0 < m["mask_frac"] < 1 and m["ratio_clip_frac"] > 0  # the batch exercises both rules
+
+
+def test_padded_and_zero_advantage_tokens_never_count():
+    """Garbage-free padding: changing padded tokens' log-probs or Â = 0 tokens changes neither loss nor metrics."""
+    lmu = np.log(np.array([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]))
+    lpi = np.log(np.array([[0.9, 0.5, 0.01], [0.9, 0.9, 0.9]]))
+    resp = np.array([[True, True, False], [True, True, True]])
+    adv = np.array([1.0, 0.0])
+    base = policy_loss(
+        "ppo", logprob=lpi, rollout_logprob=lmu, advantages=adv, response_mask=resp, low=0.2, high=0.2
+    )
+    lpi2 = lpi.copy()
+    lpi2[0, 2] = np.log(0.99)
+    other = policy_loss(
+        "ppo", logprob=lpi2, rollout_logprob=lmu, advantages=adv, response_mask=resp, low=0.2, high=0.2
+    )
+    assert base[1]["mask_frac"] == other[1]["mask_frac"] == 0.5  # 1 of the 2 Â ≠ 0 response tokens
+    assert base[1]["adv_tokens"] == 2 and base[1]["valid_tokens"] == 5
+    assert math.isnan(base[1]["mask_frac_neg"])  # no Â < 0 token: undefined, not 0
+    assert float(base[0]) == float(other[0])
+
+
+def test_numpy_in_numpy_out_and_dtypes():
+    lp = np.log(np.array([[0.3, 0.6]]))
+    loss, m = policy_loss(
+        "none", logprob=lp, rollout_logprob=lp, advantages=np.array([1.0]), response_mask=np.ones((1, 2), bool),
+        low=0.2, high=0.2,
+    )  # fmt: skip
+    assert isinstance(loss, np.ndarray) and loss.dtype == np.float64 and loss.shape == ()
+    assert float(loss) == pytest.approx(-(np.log(0.3) + np.log(0.6)) / 2)
+    assert m["ess"] == pytest.approx(1.0) and m["mismatch_k1"] == 0.0
+    t32 = torch.tensor(lp, dtype=torch.float32, requires_grad=True)
+    loss32, _ = policy_loss(
+        "ppo", logprob=t32, rollout_logprob=t32.detach(), advantages=torch.ones(1), response_mask=torch.ones(1, 2),
+        low=0.2, high=0.2,
+    )  # fmt: skip
+    assert loss32.dtype == torch.float32 and loss32.requires_grad
+
+
+def test_bad_inputs_raise_naming_the_argument():
+    lp = np.log(np.full((2, 3), 0.5))
+    kw = {
+        "logprob": lp,
+        "rollout_logprob": lp,
+        "advantages": np.ones(2),
+        "response_mask": np.ones((2, 3), bool),
+    }
+    kw |= {"low": 0.2, "high": 0.2}
+    with pytest.raises(ValueError, match="unknown agg 'mean'"):
+        policy_loss("ppo", **kw, agg="mean")
+    with pytest.raises(ValueError, match="unknown method"):
+        policy_loss("grpo", **kw)
+    with pytest.raises(ValueError, match="ratio_cap must be > 0"):
+        policy_loss("ppo", **kw, ratio_cap=0.0)
+    with pytest.raises(ValueError, match="ratio_cap must be a finite number >= 0"):
+        policy_loss("ppo", **kw, ratio_cap=-1.0)
+    with pytest.raises(ValueError, match="high must be a finite number >= 0"):
+        policy_loss("ppo", **{**kw, "high": -0.2})
+    with pytest.raises(ValueError, match="response_mask must have the same shape"):
+        policy_loss("ppo", **{**kw, "response_mask": np.ones((2, 2), bool)})
+    with pytest.raises(ValueError, match="response_mask must hold only 0/1"):
+        policy_loss("ppo", **{**kw, "response_mask": np.full((2, 3), 0.5)})
+    with pytest.raises(ValueError, match="rollout_logprob must be finite"):
+        policy_loss("ppo", **{**kw, "rollout_logprob": np.full((2, 3), np.nan)})
+    with pytest.raises(TypeError, match=r"ratio_clip must be a \(low, high\) pair"):
+        policy_loss("ppo", **kw, ratio_clip=0.2)
