@@ -66,7 +66,7 @@ def inputs(n: int, v: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def time_case(n: int, v: int, rounds: int) -> dict[str, float]:
     x, y = inputs(n, v)
     times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    for name, fn in CONTENDERS.items():  # warm-up
+    for fn in CONTENDERS.values():  # warm-up
         fn(x, y)
     for _ in range(rounds):
         for name, fn in CONTENDERS.items():
@@ -88,13 +88,18 @@ def _peak_growth(case: str, n: int, v: int) -> None:
 
 def peak_growth(case: str, n: int, v: int) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", case, str(n), str(v)], capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--child", case, str(n), str(v)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="V = 32,000 only and no memory measurement")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case (default 7)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
