@@ -11,6 +11,6 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from trustregion_lab import envs as envs  # noqa: E402  (registers the environments)
+from trustregion_lab import envs as envs  # registers the environments
 
 __all__ = ["__version__", "envs"]
