@@ -266,6 +266,16 @@ def test_mixed_precision_inputs_promote_and_leading_dims_are_kept():
     np.testing.assert_allclose(single, ref.kl(x[:1], y[:1])[0], rtol=1e-10)
 
 
+def test_zero_dim_and_strided_numpy_inputs_keep_their_shape():
+    lmu, lpi = np.array(np.log(0.5)), np.array(np.log(0.4))
+    for fn in (D.binary_tv, D.binary_kl, D.abs_ratio_dev, D.kl_k1, D.kl_k2, D.kl_k3):
+        out = fn(lmu, lpi)
+        assert isinstance(out, np.ndarray) and out.shape == ()
+    assert float(D.binary_tv(lmu, lpi)) == pytest.approx(0.1)
+    x = np.random.default_rng(0).normal(size=(4, 6))
+    np.testing.assert_allclose(D.tv(x[::-1, ::2], x[:, ::2]), ref.tv(x[::-1, ::2], x[:, ::2]), rtol=1e-12)
+
+
 def test_chunking_does_not_change_results():
     rng = np.random.default_rng(7)
     x, y = make_pair(rng, 37, 1000, "zipf", 0.2)

@@ -50,7 +50,8 @@ class Converter:
                 raise TypeError(
                     f"{name} must be a numeric numpy array or torch tensor, got dtype {arr.dtype}"
                 )
-            t = torch.from_numpy(np.ascontiguousarray(arr))
+            # np.ascontiguousarray would turn a 0-d array into shape (1,); copy only when strides demand it
+            t = torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy(order="C"))
             self.saw_numpy = True
         else:
             raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")

@@ -1,0 +1,312 @@
+"""The sweep runner: grid parsing and expansion, resume, kill safety, CLI errors, the Ray backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import trustregion_lab
+from trustregion_lab import sweep
+from trustregion_lab.experiment import Preset
+from trustregion_lab.sweep import SweepConfigError, expand_grid, parse_grid_args, plan_sweep, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ANALYSIS = [
+    "num_states=8",
+    "vocab_size=96",
+    "samples_per_state=4",
+    "topk_sizes=3",
+    "scaling_vocab_sizes=64",
+]
+
+
+def _counting_run(config: dict, seed: int) -> pd.DataFrame:
+    """A cheap preset body: logs every call to config['log'], returns two rows."""
+    with open(config["log"], "a") as handle:
+        handle.write(f"{config['x']} {config['y']} {seed}\n")
+    return pd.DataFrame({"value": [config["x"] * 10 + seed, config["y"]], "row": [0, 1]})
+
+
+def _counting_preset(log: Path) -> Preset:
+    return Preset(
+        name="counting",
+        help="test preset",
+        run=_counting_run,
+        defaults={"x": 1, "y": 0.5, "log": str(log), "flag": False},
+        grid={"x": [1, 2]},
+        seeds=2,
+    )
+
+
+def _calls(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+# --------------------------------------------------------------------------------------------- parsing
+def test_parse_grid_casts_to_the_default_types():
+    defaults = {"n": 4, "lr": 0.1, "name": "a", "flag": False}
+    grid = parse_grid_args(["n=1,2,1e3", "lr=0.5,1", "name=b,c", "flag=true,0"], defaults)
+    assert grid == {"n": [1, 2, 1000], "lr": [0.5, 1.0], "name": ["b", "c"], "flag": [True, False]}
+    assert all(isinstance(v, int) for v in grid["n"]) and all(isinstance(v, float) for v in grid["lr"])
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["n"], "KEY=V1,V2"),
+        (["=1"], "missing parameter name"),
+        (["m=1"], "unknown parameter 'm'"),
+        (["n=1.5"], "expected an integer"),
+        (["n=1,"], "empty value"),
+        (["flag=maybe"], "boolean"),
+        (["n=1", "n=2"], "given twice"),
+        (["lr=0.1,0.1"], "repeated value"),
+    ],
+)
+def test_parse_grid_rejects_malformed_input(items, message):
+    with pytest.raises(SweepConfigError, match=message):
+        parse_grid_args(items, {"n": 4, "lr": 0.1, "flag": False})
+
+
+def test_expand_grid_is_the_cartesian_product_in_order():
+    configs = expand_grid({"a": 0, "b": "x", "c": 1.0}, {"a": [1, 2, 3], "b": ["p", "q"]})
+    assert len(configs) == 6
+    assert [(c["a"], c["b"]) for c in configs] == [(1, "p"), (1, "q"), (2, "p"), (2, "q"), (3, "p"), (3, "q")]
+    assert all(c["c"] == 1.0 for c in configs)
+
+
+def test_plan_merges_the_preset_grid_and_fixes_single_values(tmp_path):
+    preset = _counting_preset(tmp_path / "log")
+    plan = plan_sweep(preset, {"y": [0.1, 0.2]}, seeds=3)
+    assert plan.grid == {"x": [1, 2], "y": [0.1, 0.2]} and len(plan.runs) == 2 * 2 * 3
+    fixed = plan_sweep(preset, {"x": [7]})
+    assert fixed.grid == {} and fixed.base["x"] == 7 and len(fixed.runs) == 2
+    assert len({spec.run_id for spec in plan.runs}) == len(plan.runs)
+
+
+# ------------------------------------------------------------------------------------------ run + resume
+def test_run_writes_tidy_tables_and_resumes_only_missing_runs(tmp_path):
+    log = tmp_path / "log"
+    out = tmp_path / "out"
+    plan = plan_sweep(_counting_preset(log), {}, None)
+    table = run_sweep(plan, out, progress=False)
+    assert len(_calls(log)) == 4 and len(table) == 8
+    for column in ("x", "y", "flag", "seed", "preset", "run_id", "version", "git_commit"):
+        assert column in table.columns
+    assert set(table["version"]) == {trustregion_lab.__version__}
+    assert table["git_commit"].iloc[0] == sweep.git_commit()
+    assert sorted(zip(table["x"], table["seed"])) == sorted([(1, 0), (1, 1), (2, 0), (2, 1)] * 2)
+    merged = pd.read_csv(out / "table.csv")
+    assert len(merged) == 8
+
+    # rerun: nothing recomputed; delete one run file: only that run is recomputed
+    run_sweep(plan, out, progress=False)
+    assert len(_calls(log)) == 4
+    victim = plan.runs[2]
+    (out / "runs" / f"{victim.run_id}.csv").unlink()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.csv")}
+    run_sweep(plan, out, progress=False)
+    assert _calls(log)[4:] == [f"{victim.config['x']} {victim.config['y']} {victim.seed}"]
+    for path in (out / "runs").glob("*.csv"):
+        if path.name in mtimes:
+            assert path.stat().st_mtime_ns == mtimes[path.name]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "table.csv"), merged)
+
+
+def test_an_output_folder_of_another_configuration_is_refused_untouched(tmp_path):
+    log = tmp_path / "log"
+    out = tmp_path / "out"
+    preset = _counting_preset(log)
+    run_sweep(plan_sweep(preset, {}, None), out, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SweepConfigError, match="another configuration"):
+        run_sweep(plan_sweep(preset, {"y": [0.9]}, None), out, progress=False)
+    with pytest.raises(SweepConfigError, match="another configuration"):
+        run_sweep(plan_sweep(preset, {}, seeds=5), out, progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(SweepConfigError, match="not a sweep folder"):
+        run_sweep(plan_sweep(preset, {}, None), stray, progress=False)
+    assert sorted(p.name for p in stray.iterdir()) == ["notes.txt"]
+
+
+def test_parallel_workers_give_the_same_table(tmp_path):
+    log = tmp_path / "log"
+    plan = plan_sweep(_counting_preset(log), {}, None)
+    serial = run_sweep(plan, tmp_path / "serial", progress=False)
+    parallel = run_sweep(plan, tmp_path / "parallel", jobs=2, progress=False)
+    pd.testing.assert_frame_equal(serial, parallel)
+
+
+_SLOW_PRESET = textwrap.dedent(
+    """
+    import sys, time
+    import pandas as pd
+    from trustregion_lab.experiment import Preset
+    from trustregion_lab.sweep import plan_sweep, run_sweep
+
+    def run(config, seed):
+        with open(config["log"], "a") as handle:
+            handle.write(f"{config['x']}\\n")
+        if config["x"] >= config["slow_from"]:
+            time.sleep(60)
+        return pd.DataFrame({"value": list(range(2000)), "x": config["x"]})
+
+    def main(out, log, slow_from):
+        preset = Preset("slow", "test", run, {"x": 0, "log": log, "slow_from": 0}, {"x": list(range(6))})
+        run_sweep(plan_sweep(preset, {"slow_from": [slow_from]}, 1), out, progress=False)
+
+    if __name__ == "__main__":
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    """
+)
+
+
+def test_sigkill_during_a_run_leaves_no_partial_file_and_rerun_completes_the_rest(tmp_path):
+    (tmp_path / "slowpreset.py").write_text(_SLOW_PRESET)
+    out, log = tmp_path / "out", tmp_path / "log"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "slowpreset.py"), str(out), str(log), "3"], env=env, cwd=tmp_path
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(_calls(log)) < 4:  # runs 0, 1, 2 done; run 3 is sleeping
+            time.sleep(0.1)
+        assert len(_calls(log)) == 4, "the sweep subprocess did not reach the slow run"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished = sorted((out / "runs").glob("*.csv"))
+    assert len(finished) == 3
+    assert not list((out / "runs").glob("*.tmp")) and not (out / "table.csv").exists()
+    for path in finished:
+        assert len(pd.read_csv(path)) == 2000  # complete files only
+
+    # rerun the same configuration in a fresh process, the slow runs made fast by replacing time.sleep
+    rerun = textwrap.dedent(
+        f"""
+        import time, slowpreset
+        time.sleep = lambda seconds: None
+        slowpreset.main({str(out)!r}, {str(log)!r}, 3)
+        """
+    )
+    subprocess.run([sys.executable, "-c", rerun], env=env, cwd=tmp_path, check=True, timeout=120)
+    calls = _calls(log)
+    assert sorted(calls[4:]) == ["3", "4", "5"]  # only the missing runs were computed
+    assert len(pd.read_csv(out / "table.csv")) == 6 * 2000
+
+
+# ----------------------------------------------------------------------------------------------- the CLI
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset", "nope"], "unknown preset"),
+        (["--preset", "estimators", "--grid", "vocab_size"], "KEY=V1,V2"),
+        (["--preset", "estimators", "--grid", "not_a_param=1"], "unknown parameter"),
+        (["--preset", "estimators", "--grid", "vocab_size=big"], "expected an integer"),
+        (["--seeds", "0"], "--seeds"),
+        (["--jobs", "0"], "--jobs"),
+        (["--address", "auto"], "--backend ray"),
+        (["--preset", "estimators", "--grid", "family=nope"], "rejected its parameters"),
+    ],
+)
+def test_bad_cli_input_exits_with_code_2(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        sweep.main([*argv, "--out", str(tmp_path / "out"), "--quiet"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("runs/*.csv"))
+
+
+def test_cli_refuses_another_configuration_in_a_subprocess(tmp_path):
+    out = tmp_path / "out"
+    base = [
+        sys.executable,
+        "-m",
+        "trustregion_lab.sweep",
+        "--preset",
+        "estimators",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    grid = ["--grid", *TINY_ANALYSIS, "perturbation=update", "--no-figures"]
+    first = subprocess.run([*base, *grid], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert first.returncode == 0, first.stderr
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    second = subprocess.run(
+        [*base, *grid[:-2], "perturbation=mismatch", "--no-figures"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert second.returncode == 2
+    assert "another configuration" in second.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_help_and_list_presets(capsys):
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--preset",
+        "--grid",
+        "--seeds",
+        "--jobs",
+        "--out",
+        "--figures-dir",
+        "--backend",
+        "--address",
+    ):
+        assert option in text
+    assert "python -m trustregion_lab.sweep --preset masks --grid vocab_size=4096,32768 family=" in text
+    assert sweep.main(["--list-presets"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("default", "estimators", "masks", "calibration", "vocab-scaling"):
+        assert f"{name}  (" in listing
+
+
+def test_analysis_presets_expose_scalar_parameters():
+    presets = sweep.available_presets()
+    for name in ("default", "estimators", "masks", "calibration", "vocab-scaling"):
+        preset = presets[name]
+        assert all(isinstance(v, bool | int | float | str) for v in preset.defaults.values())
+        assert set(preset.grid) <= set(preset.defaults)
+
+
+# ------------------------------------------------------------------------------------------------- Ray
+def test_ray_backend_gives_the_local_tables(tmp_path):
+    ray = pytest.importorskip("ray")
+    preset = sweep.available_presets()["estimators"]
+    grid = parse_grid_args(TINY_ANALYSIS, preset.defaults)
+    plan = plan_sweep(preset, grid, seeds=1)
+    assert len(plan.runs) == 2  # perturbation = mismatch, update
+    local = run_sweep(plan, tmp_path / "local", progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_sweep(plan, tmp_path / "ray", backend="ray", progress=False)
+        # resume semantics: a deleted run is recomputed by Ray, the others are kept
+        (tmp_path / "ray" / "runs" / f"{plan.runs[0].run_id}.csv").unlink()
+        again = run_sweep(plan, tmp_path / "ray", backend="ray", progress=False)
+    finally:
+        ray.shutdown()
+    pd.testing.assert_frame_equal(local, remote)
+    pd.testing.assert_frame_equal(local, again)
+    manifest = json.loads((tmp_path / "ray" / "sweep.json").read_text())
+    assert manifest["preset"] == "estimators" and len(manifest["runs"]) == 2

@@ -1,0 +1,307 @@
+"""Trainers: one step against a float64 hand computation, learning on a V = 1,000 bandit, bit-for-bit resume,
+the one-pass exactness of the ratio, config errors, the CLI and the presets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.special import log_softmax, softmax
+from trustregion_lab.envs.bandit_problem import make_bandit_problem
+
+from trustregion_lab.train import VARIANTS, BanditConfig, BanditTrainer, SequenceConfig, SequenceTrainer
+from trustregion_lab.train.cli import build_parser, main
+from trustregion_lab.train.common import LOSS_METRICS, TIMING_COLUMNS, group_advantages
+from trustregion_lab.train.presets import COMPARED_VARIANTS, PRESETS
+
+REQUIRED_COLUMNS = [
+    "method",
+    "seed",
+    "step",
+    "reward",
+    "entropy",
+    "tv_exact",
+    "kl_exact",
+    "mismatch_k1",
+    "mismatch_k3",
+    "mask_frac",
+    "mask_frac_pos",
+    "mask_frac_neg",
+    "ratio_clip_frac",
+    "ratio_cap_frac",
+    "grad_norm",
+    "tokens_per_s",
+]
+
+TINY_BANDIT = {
+    "vocab_size": 40,
+    "num_contexts": 6,
+    "contexts_per_step": 4,
+    "group_size": 8,
+    "correct_rank_max": 3,
+    "family": "high_entropy",
+}
+
+
+def _reference_step(logits0, contexts, tokens, rollout_logprob, advantages, *, method, low, high, cap):
+    """Float64 numpy loss and ∂loss/∂θ of the DESIGN §2 surrogate (token-mean, one mini-batch, T = 1)."""
+    logp = log_softmax(logits0.astype(np.float64)[contexts], axis=-1)
+    probs = softmax(logits0.astype(np.float64)[contexts], axis=-1)
+    rows = np.arange(len(contexts))
+    lp_a = logp[rows, tokens]
+    ratio = np.exp(lp_a - rollout_logprob)
+    pi_a, mu_a = np.exp(lp_a), np.exp(rollout_logprob)
+    if method == "ppo":
+        up, down = ratio > 1 + high, ratio < 1 - low
+    elif method == "dppo_binary_tv":
+        up, down = pi_a - mu_a > high, pi_a - mu_a < -low
+    else:
+        up = down = np.zeros_like(ratio, dtype=bool)
+    keep = ~(((advantages > 0) & up) | ((advantages < 0) & down))
+    weight = advantages * np.minimum(ratio, cap) * keep
+    loss = -(weight * lp_a).mean()
+    grad = np.zeros_like(logits0, dtype=np.float64)
+    onehot = np.zeros_like(probs)
+    onehot[rows, tokens] = 1.0
+    np.add.at(grad, contexts, -(weight[:, None] * (onehot - probs)) / len(contexts))
+    return loss, grad, keep
+
+
+@pytest.mark.parametrize(
+    ("method", "low", "high"),
+    [("ppo", 0.004, 0.004), ("dppo_binary_tv", 0.002, 0.002), ("pg_is", None, None)],
+)
+def test_one_step_matches_float64_hand_computation(method, low, high):
+    config = BanditConfig(
+        method=method,
+        low=low,
+        high=high,
+        ratio_cap=1.02,
+        num_minibatches=1,
+        optimizer="sgd",
+        lr=0.5,
+        max_grad_norm=float("inf"),
+        engine="bf16_noisy",
+        seed=3,
+        **TINY_BANDIT,
+    )
+    trainer = BanditTrainer(config)
+    trainer.sampler.begin_step(0)
+    batch, contexts = trainer.collect()
+    logits0 = trainer.policy.logits.detach().clone().numpy()
+    metrics = trainer.update(batch, contexts)
+    grad = (logits0 - trainer.policy.logits.detach().numpy()).astype(np.float64) / config.lr
+
+    variant = config.variant
+    advantages = batch.advantages.numpy().astype(np.float64)
+    assert (advantages != 0).any()
+    ref_loss, ref_grad, keep = _reference_step(
+        logits0,
+        contexts.numpy(),
+        batch.tokens[:, 0].numpy(),
+        batch.rollout_logprob[:, 0].numpy().astype(np.float64),
+        advantages,
+        method=variant.method,
+        low=variant.low,
+        high=variant.high,
+        cap=config.ratio_cap,
+    )
+    if method != "pg_is":
+        assert not keep.all(), "the thresholds should make the mask drop some tokens"
+    np.testing.assert_allclose(metrics["loss"], ref_loss, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-3, atol=2e-6)
+    dropped = (~keep)[advantages != 0].mean()
+    np.testing.assert_allclose(metrics["mask_frac"], dropped, atol=1e-12)
+
+
+def test_group_advantages_match_numpy():
+    rng = np.random.default_rng(0)
+    rewards = rng.integers(0, 2, size=24).astype(np.float64)
+    out = group_advantages(rewards, 6, "std")
+    grouped = rewards.reshape(4, 6)
+    expected = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(out, expected.ravel(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        group_advantages(rewards, 6, "mean"), (grouped - grouped.mean(1, keepdims=True)).ravel()
+    )
+
+
+@pytest.mark.parametrize("method", sorted(VARIANTS))
+def test_short_bandit_run_raises_the_correct_token_probability(method):
+    config = BanditConfig(
+        method=method,
+        vocab_size=1000,
+        num_contexts=8,
+        contexts_per_step=8,
+        group_size=16,
+        correct_rank_max=5,
+        family="high_entropy",
+        steps=12,
+        lr=0.1,
+        num_minibatches=2,
+        engine="bf16",
+        seed=1,
+    )
+    problem = make_bandit_problem(
+        vocab_size=1000, num_contexts=8, num_correct=1, correct_rank_range=(2, 5), logit_family="high_entropy"
+    )
+    start = problem.expected_reward(softmax(problem.initial_logits.astype(np.float64), axis=-1)).mean()
+    table = BanditTrainer(config).train()
+    assert list(table.columns[: len(REQUIRED_COLUMNS)]) != [] and set(REQUIRED_COLUMNS) <= set(table.columns)
+    assert (table["method"] == method).all() and table["step"].tolist() == list(range(1, 13))
+    assert table["reward_expected"].iloc[-1] > 1.5 * start
+
+
+def test_one_pass_without_mismatch_has_ratio_exactly_one():
+    common = dict(num_minibatches=1, epochs=1, steps=4, vocab_size=200, correct_rank_max=4, seed=2)
+    common["family"] = "high_entropy"
+    for method in ("ppo", "dppo_binary_tv", "dppo_exact_kl"):
+        table = BanditTrainer(BanditConfig(method=method, engine="none", **common)).train()
+        assert (table["mismatch_k1"] == 0.0).all() and (table["chi2"] == 0.0).all()
+        assert (table["tv_exact"] == 0.0).all()
+        assert (table["mask_frac"].fillna(0.0) == 0.0).all()
+        assert (table["ratio_clip_frac"].fillna(0.0) == 0.0).all()
+    mismatched = BanditTrainer(BanditConfig(method="ppo", engine="bf16", **common)).train()
+    assert (mismatched["mismatch_k1"] != 0.0).all() and (mismatched["tv_exact"] > 0).all()
+    reused = BanditTrainer(
+        BanditConfig(method="ppo", engine="none", **{**common, "num_minibatches": 4})
+    ).train()
+    assert (reused["tv_exact"] > 0).any()  # later mini-batches see π moved away from μ
+
+
+def _comparable(table: pd.DataFrame) -> pd.DataFrame:
+    return table.drop(columns=list(TIMING_COLUMNS))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"method": "dppo_binary_tv", "engine": "moe"},
+        {"method": "minirl", "engine": "bf16", "staleness": 1},
+    ],
+)
+def test_bandit_resume_reproduces_the_uninterrupted_run(tmp_path, overrides):
+    config = BanditConfig(steps=6, checkpoint_every=2, **TINY_BANDIT, **overrides)
+    uninterrupted = BanditTrainer(config).train()
+    BanditTrainer(config).train(tmp_path, stop_after=3)  # "killed" after step 3; last checkpoint at step 2
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 2
+    resumed = BanditTrainer(config).train(tmp_path)
+    pd.testing.assert_frame_equal(_comparable(resumed), _comparable(uninterrupted), check_exact=True)
+    other = BanditConfig(**{**dataclasses.asdict(config), "lr": 0.2})
+    with pytest.raises(ValueError, match="another config"):
+        BanditTrainer(other).train(tmp_path)
+
+
+def _tiny_sequence(tmp_path, **overrides) -> SequenceConfig:
+    values = dict(
+        task="copy",
+        vocab_size=40,
+        max_length=3,
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        d_ff=64,
+        prompts_per_step=4,
+        group_size=4,
+        num_minibatches=2,
+        steps=4,
+        warm_start_steps=30,
+        warm_start_batch=32,
+        engine="bf16",
+        checkpoint_every=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    return SequenceConfig(**{**values, **overrides})
+
+
+def test_sequence_resume_and_warm_start_cache(tmp_path):
+    config = _tiny_sequence(tmp_path, method="dppo_topk_tv")
+    first = SequenceTrainer(config)
+    assert first.warm_start_stats["cached"] == 0.0
+    assert 0.0 <= first.warm_start_stats["start_reward_sampled"] <= 1.0
+    uninterrupted = first.train()
+    assert set(REQUIRED_COLUMNS) <= set(uninterrupted.columns)
+    assert np.isfinite(
+        uninterrupted[["reward", "entropy", "tv_exact", "kl_exact", "grad_norm"]].to_numpy()
+    ).all()
+    assert len(list((tmp_path / "cache").glob("warm_start-*.pt"))) == 1
+    killed = SequenceTrainer(config)
+    assert killed.warm_start_stats["cached"] == 1.0
+    killed.train(tmp_path / "run", stop_after=3)
+    resumed = SequenceTrainer(config).train(tmp_path / "run")
+    pd.testing.assert_frame_equal(_comparable(resumed), _comparable(uninterrupted), check_exact=True)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "field"),
+    [
+        (BanditConfig, {"lr": -0.1}, "lr"),
+        (BanditConfig, {"group_size": 1}, "group_size"),
+        (BanditConfig, {"method": "trpo"}, "method"),
+        (BanditConfig, {"engine": "vllm"}, "engine"),
+        (BanditConfig, {"agg": "sum"}, "agg"),
+        (BanditConfig, {"device": "gpu0"}, "device"),
+        (SequenceConfig, {"task": "translate"}, "task"),
+        (SequenceConfig, {"lr": float("nan")}, "lr"),
+        (SequenceConfig, {"warm_start_noise": 1.5}, "warm_start_noise"),
+    ],
+)
+def test_bad_config_raises_naming_the_field(cls, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        cls(**kwargs)
+
+
+def test_config_type_errors_and_unknown_keys():
+    with pytest.raises(TypeError, match="steps"):
+        BanditConfig(steps=2.5)
+    with pytest.raises(ValueError, match="unknown BanditConfig fields"):
+        BanditConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="num_minibatches"):
+        BanditTrainer(
+            BanditConfig(num_minibatches=64, contexts_per_step=2, group_size=2, **{"steps": 1})
+        ).train()
+
+
+def test_cli_help_lists_every_field_and_rejects_bad_values(capsys, tmp_path):
+    parser = build_parser()
+    for command, cls in (("bandit", BanditConfig), ("sequence", SequenceConfig)):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        text = capsys.readouterr().out
+        for f in dataclasses.fields(cls):
+            assert "--" + f.name.replace("_", "-") in text
+    with pytest.raises(SystemExit):
+        main(["bandit", "--lr", "-1"])
+    assert "lr must be > 0" in capsys.readouterr().err
+    out = tmp_path / "table.csv"
+    assert main(["bandit", "--steps", "2", "--vocab-size", "50", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == 2 and set(REQUIRED_COLUMNS) <= set(table.columns)
+
+
+def test_presets_compare_the_required_variants_with_and_without_mismatch():
+    names = {p.name: p for p in PRESETS}
+    assert set(names) == {"bandit-train", "sequence-train"}
+    required = {"ppo", "ppo_clip_higher", "pg_is", "dppo_binary_tv", "dppo_binary_kl", "dppo_topk_tv"}
+    required |= {"dppo_exact_tv", "minirl"}
+    for preset in PRESETS:
+        assert preset.kind == "training"
+        assert required <= set(preset.grid["method"]) == set(COMPARED_VARIANTS)
+        assert "none" in preset.grid["engine"] and len(preset.grid["engine"]) >= 2
+    config = dict(names["bandit-train"].defaults)
+    config.update(steps=2, vocab_size=100, method="minirl")
+    table = names["bandit-train"].run(config, 1)
+    assert table["seed"].eq(1).all() and table["method"].eq("minirl").all() and len(table) == 2
+    assert set(LOSS_METRICS) <= set(table.columns)
+
+
+@pytest.mark.gpu
+def test_trainers_run_on_cuda(tmp_path):
+    table = BanditTrainer(BanditConfig(device="cuda", steps=2, **TINY_BANDIT)).train()
+    assert np.isfinite(table["tv_exact"]).all()
+    config = _tiny_sequence(tmp_path, device="cuda", bf16=True, steps=2, checkpoint_every=0)
+    table = SequenceTrainer(config).train()
+    assert np.isfinite(table["reward"]).all()

@@ -1,0 +1,69 @@
+"""The preset interface shared by the sweep runner and the modules that define experiments.
+
+A *preset* is a named experiment: a module-level function ``run(config, seed) -> pandas.DataFrame`` that returns
+tidy rows, the full set of parameters it takes with their defaults (the types of those defaults are how the sweep
+command line parses ``--grid key=v1,v2``), a default grid over some of them, a default number of seeds, and a
+``kind`` that tells ``trustregion_lab.plots`` which figure family to draw from its tables.
+
+This module is deliberately dependency-free (dataclasses and typing only) so that analysis and training modules
+can define presets without importing the sweep machinery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = ["Preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named experiment the sweep can run.
+
+    Attributes:
+        name: the name given to ``--preset`` (e.g. ``"default"``, ``"bandit-train"``).
+        help: one or two sentences shown by ``--list-presets``.
+        run: a module-level (picklable) function ``run(config: dict, seed: int) -> pandas.DataFrame`` returning
+            tidy rows. ``config`` holds every key of ``defaults`` (grid values substituted).
+        defaults: every parameter ``run`` takes, with its default value. The default's type (bool, int, float,
+            str) is the type a ``--grid`` value is parsed to.
+        grid: the preset's default grid, ``{parameter: [values, ...]}``, over keys of ``defaults``.
+        seeds: the default number of seeds (seeds are ``0 .. seeds - 1``).
+        kind: which figure family ``trustregion_lab.plots`` draws for this preset's tables
+            (``"estimators"``, ``"masks"``, ``"calibration"``, ``"vocab-scaling"``, ``"training"``, ...).
+    """
+
+    name: str
+    help: str
+    run: Callable[[dict, int], pd.DataFrame]
+    defaults: Mapping[str, Any]
+    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    seeds: int = 1
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Preset name must be a non-empty string, got {self.name!r}")
+        if not callable(self.run):
+            raise TypeError(f"Preset {self.name!r}: run must be callable run(config, seed), got {self.run!r}")
+        if not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"Preset {self.name!r}: seeds must be a positive int, got {self.seeds!r}")
+        unknown = sorted(set(self.grid) - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"Preset {self.name!r}: grid keys {unknown} are not parameters; expected keys of defaults "
+                f"{sorted(self.defaults)}"
+            )
+        for key, values in self.grid.items():
+            if isinstance(values, str | bytes) or not isinstance(values, Sequence) or len(values) == 0:
+                raise ValueError(
+                    f"Preset {self.name!r}: grid[{key!r}] must be a non-empty list of values, got {values!r}"
+                )
+        # plain dict copies (picklable, so a Preset can travel to worker processes and Ray tasks)
+        object.__setattr__(self, "defaults", dict(self.defaults))
+        object.__setattr__(self, "grid", {k: tuple(v) for k, v in self.grid.items()})
