@@ -119,10 +119,9 @@ def _exact_chunk(xc: torch.Tensor, yc: torch.Tensor) -> tuple[torch.Tensor, torc
 _compiled_chunk = None
 
 
-def _get_chunk_fn(compiled: bool):
+def _get_compiled_chunk():
+    """`_exact_chunk` through `torch.compile` (built on first use; dynamic shapes, so one build per dtype)."""
     global _compiled_chunk
-    if not compiled:
-        return _exact_chunk
     if _compiled_chunk is None:
         _compiled_chunk = torch.compile(_exact_chunk, dynamic=True)
     return _compiled_chunk
@@ -131,22 +130,46 @@ def _get_chunk_fn(compiled: bool):
 def _exact_rows(
     x: torch.Tensor, y: torch.Tensor, *, chunk_elements: int, cdtype: torch.dtype, compiled: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact TV and KL(softmax(x) ‖ softmax(y)) for logits `[N, V]`, a chunk of rows at a time → (`[N]`, `[N]`)."""
+    """Exact TV and KL(softmax(x) ‖ softmax(y)) for logits `[N, V]`, a chunk of rows at a time → (`[N]`, `[N]`).
+
+    The eager path runs `_exact_chunk`'s arithmetic in three workspace buffers allocated once per call and reused
+    for every chunk (`out=` and in-place ops), so memory is touched once, not once per operation and chunk.
+    """
     n, v = x.shape
-    rows = max(1, chunk_elements // max(v, 1))
-    fn = _get_chunk_fn(compiled)
+    rows = min(n, max(1, chunk_elements // max(v, 1)))
     tv_out = torch.empty(n, dtype=cdtype, device=x.device)
     kl_out = torch.empty(n, dtype=cdtype, device=x.device)
+    if compiled:
+        fn = _get_compiled_chunk()
+        for start in range(0, n, rows):
+            xc, yc = x[start : start + rows].to(cdtype), y[start : start + rows].to(cdtype)
+            tv_c, kl_c, finite = fn(xc, yc)
+            if not bool(finite.all()):
+                check_finite(xc, "rollout_logits")
+                check_finite(yc, "logits")
+            tv_out[start : start + rows] = tv_c
+            kl_out[start : start + rows] = kl_c
+        return tv_out.clamp_(0.0, 1.0), kl_out.clamp_(min=0.0)
+
+    work = torch.empty((3, rows, v), dtype=cdtype, device=x.device)
     for start in range(0, n, rows):
         end = min(n, start + rows)
-        xc = x[start:end].to(cdtype)
-        yc = y[start:end].to(cdtype)
-        tv_c, kl_c, finite = fn(xc, yc)
-        if not bool(finite.all()):
+        xc, yc = x[start:end].to(cdtype), y[start:end].to(cdtype)
+        p, q, d = work[0, : end - start], work[1, : end - start], work[2, : end - start]
+        mx, my = xc.amax(-1, keepdim=True), yc.amax(-1, keepdim=True)
+        if not bool(torch.isfinite(mx + my + xc.amin(-1, keepdim=True) + yc.amin(-1, keepdim=True)).all()):
             check_finite(xc, "rollout_logits")
             check_finite(yc, "logits")
-        tv_out[start:end] = tv_c
-        kl_out[start:end] = kl_c
+        torch.sub(xc, mx, out=p).exp_()
+        torch.sub(yc, my, out=q).exp_()
+        sx, sy = p.sum(-1, keepdim=True), q.sum(-1, keepdim=True)
+        p.div_(sx)
+        q.div_(sy)
+        shift = (mx + torch.log(sx)) - (my + torch.log(sy))
+        torch.sub(xc, yc, out=d).sub_(shift).mul_(p)
+        kl_out[start:end] = d.sum(-1)
+        torch.sub(q, p, out=d).abs_()
+        tv_out[start:end] = d.sum(-1).mul_(0.5)
     return tv_out.clamp_(0.0, 1.0), kl_out.clamp_(min=0.0)
 
 

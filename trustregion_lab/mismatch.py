@@ -9,7 +9,7 @@ runs them. Named, calibrated configurations live in `ENGINE_PRESETS`.
 `EngineConfig()` (the defaults) models bf16 rounding and a bf16 softmax only; the presets add the logit noise and
 routing flips that reach the reported mismatch magnitudes ("Calibration" below).
 
-Pipeline per row (x = the trainer's logits; on the CPU rows are processed in chunks of ≈ 2**22 elements):
+Pipeline per row (x = the trainer's logits; rows are processed in chunks of at most 2**24 elements):
 
 1. Routing flip (MoE): with probability `routing_flip_prob` a row is routed to a perturbed "expert":
    z = x + routing_noise · ε_route, ε_route ~ N(0, 1) per vocabulary entry (fresh per row and call).
@@ -27,8 +27,9 @@ Pipeline per row (x = the trainer's logits; on the CPU rows are processed in chu
    the rounded log-probs, which removes the tiny normalisation error of a low-precision softmax), so
    `engine_logits` = log μ exactly up to float32 rounding: exp(engine_logits) sums to 1 over each row.
    Tokens excluded by top-p get the finite value EXCLUDED_LOGIT = −1e4 (the `divergence` module rejects
-   non-finite logits). Every kept log-prob is ≥ log(1/V) − (rounding) > −13, so an excluded token sits more than
-   9,900 nats below the row's maximum and exp underflows to exactly 0 in float32 and float64 (threshold ≈ −745).
+   non-finite logits). A row's largest log-prob is ≥ log(1/V) > −13 (V ≤ 262,144), so an excluded token sits
+   more than 9,900 nats below the row's maximum and exp of it underflows to exactly 0 in float32 and float64
+   (threshold ≈ −745), also inside a log-sum-exp.
 
 Raw vs processed log-probs (vLLM's `logprobs_mode` semantics): the engine always samples from the processed
 distribution μ. `logprob_mode = "processed"` reports log μ (the renormalised, tempered, top-p log-probs: the
@@ -38,8 +39,8 @@ way). With T = 1 and top_p = 1 the two coincide; otherwise a trainer that takes 
 importance ratio π/μ_raw ≠ π/μ.
 
 Top-K reports (DESIGN §2; K = `topk`): ids are the K largest μ (ties broken deterministically but otherwise
-arbitrarily: a bf16 softmax produces many tied log-probs), reported with their
-log-probs under `logprob_mode`. The set rule decides what happens to the sampled token a:
+arbitrarily: a bf16 softmax produces many tied log-probs), reported with their log-probs under `logprob_mode`.
+The set rule decides what happens to the sampled token a:
 - "topk": the K largest only (a may be missing); shape [..., K].
 - "topk_plus_sampled" (the paper's §4.4): K largest plus a when it is missing; shape [..., K + 1], and the last
   slot is padding (id −1, log-prob −inf) when a is already among the K.
@@ -47,34 +48,39 @@ log-probs under `logprob_mode`. The set rule decides what happens to the sampled
 `divergence.topk_tv/topk_kl` accept these reports as they are (id −1 marks an unused slot).
 
 Sampling is exact for μ and cheap: with H = the internal top-k' tokens of μ (k' = max(K, 32)) and
-m_H = Σ_{v∈H} μ_v, a row draws u₁, u₂ ~ U[0, 1); if u₁ < m_H the token is the inverse-CDF draw of u₂ over
+m_H = Σ_{v∈H} μ_v, a row draws u₁, u₂ ~ U[0, 1) (float64); if u₁ < m_H the token is the inverse-CDF draw of u₂ over
 μ restricted to H, else over μ restricted to the complement of H. P(v) = m_H · μ_v / m_H = μ_v for v ∈ H and
 (1 − m_H) · μ_v / (1 − m_H) = μ_v otherwise. Only rows that fall in the tail (≈ 1 − top-k' mass, a few per cent
 for LLM-like rows) pay an extra pass over the vocabulary.
 
-Cost (benchmarks/bench_mismatch.py, N = 256, V = 151,936, float32, 2 CPU cores): per chunk of rows, the
-default config makes one cast to bf16, one bf16 log-softmax, one conversion into the float32 output and an
-in-place float32 log-softmax there (step 5), a row sum (the finiteness check) and a block-maximum top-k
-(`_topk_rows`: one max-reduction over blocks of 64 entries instead of a selection over V); the measured cost is
-in the benchmark's output and the project's notes (goal ≤ 3× one `torch.log_softmax`). Logit noise and routing
-flips draw one Gaussian per perturbed entry (torch's normal generator costs about as much as a log-softmax per
-entry drawn). top_p < 1 needs the nucleus of each row: a top-64, escalated ×8 for the rows whose nucleus is
-larger, up to a full O(V log V) selection only for rows whose nucleus exceeds V / 8; LLM-like rows rarely need
-more than the first round. The processed renormalisation over the kept set adds one log-sum-exp pass.
+Cost (benchmarks/bench_mismatch.py: N = 256 rows, V = 151,936, float32, 2 CPU cores, medians of 9 interleaved
+rounds, relative to one `torch.log_softmax` over the same logits; measured on an otherwise idle machine):
+default config 1.5×, temperature 0.7 1.6×, top_p = 0.95 2.4–2.5×, preset "bf16" 3.9–4.1×, preset "moe"
+5.1–5.2× (two runs; goal ≤ 3× for the default). Per chunk the default makes one rounding copy into a bf16 workspace, an in-place bf16
+log-softmax, one conversion into the float32 output and an in-place float32 log-softmax there (step 5), a row
+sum (the finiteness check) and a block-maximum top-k (`_topk_rows`: one max-reduction over blocks of 64 entries
+instead of a selection over V); sampling touches the vocabulary only for rows that fall in the tail. Logit noise
+and routing flips draw one Gaussian per perturbed entry, and torch's CPU normal generator costs about four
+log-softmaxes per entry drawn: that is the presets' extra cost. top_p < 1 needs the nucleus of each row: a
+top-64, widened ×8 for the rows whose nucleus is larger, up to a full O(V log V) selection only for rows whose
+nucleus exceeds V / 8; LLM-like rows rarely need more than the first round. On a machine shared with other
+busy processes every vocabulary-wide pass also waits for torch's worker threads, so the ratios grow (default
+≈ 3.7× measured with two other busy processes on the 2 cores); the baseline is a single pass.
 
 Calibration of `ENGINE_PRESETS` (test: tests/test_mismatch.py::test_preset_calibration_band): logits from the
 environments' logit model `trustregion_lab.envs.logit_model.llm_like_logits(family="mixed")` (normalised
-log-probs, 80 % confident and 20 % forking states), V = 32,000, 8,192 states (4 × 2,048, numpy seeds 100–103),
-one token sampled per state; measured m = mean |log π(a) − log μ(a)| with log π = float64 log-softmax of the
-trainer's logits and log μ(a) the engine's processed log-prob (`mean_abs_logprob_gap`). Measured: "exact"
-5e-6 (float32 rounding), "bf16" 0.0101, "bf16_noisy" 0.0223, "moe" 0.0405 — the ≈ 0.01 (bf16-like) to ≈ 0.04
-(noisy kernels, MoE routing) per-token magnitudes reported for training–inference mismatch.
-`PRESET_MISMATCH_BANDS` holds the band each preset must stay in for 2,048 fresh states; it contains the
-0.1–99.9 % bootstrap range of a 2,048-state mean (bf16 0.0085–0.0121, bf16_noisy 0.018–0.027, moe 0.031–0.050).
+log-probs, 80 % confident and 20 % forking states), V = 32,000, one token sampled per state; measured
+m = mean |log π(a) − log μ(a)| with log π = float64 log-softmax of the trainer's logits and log μ(a) the engine's
+processed log-prob (`mean_abs_logprob_gap`). Over 12 draws of 2,048 states (numpy seeds 200–211, engine seed =
+the same): "exact" ≈ 5e-6 (float32 rounding), "bf16" 0.0103 (draws 0.0094–0.0110), "bf16_noisy" 0.0217
+(0.0207–0.0233), "moe" 0.043 (0.039–0.047) — the ≈ 0.01 (bf16-like) to ≈ 0.04 (noisy kernels, MoE routing)
+per-token magnitudes reported for training–inference mismatch. `PRESET_MISMATCH_BANDS` holds the band each
+preset must stay in for 2,048 fresh states; each band contains the 0.1–99.9 % bootstrap range of a 2,048-state
+mean (bf16 0.0085–0.0121, bf16_noisy 0.018–0.027, moe 0.031–0.050).
 Most sampled tokens have μ(a) ≈ 1, where log μ(a) barely moves, so m is far smaller than the logit noise σ
-(m ≈ 0.12 σ for this family). bf16 rounding alone gives m ≈ 0.0005 here: it moves a log-prob by at most half an
-ulp (2**-9 relative) of the logit, so its size scales with the logits' magnitude; the presets add the logit noise
-(kernel differences) and routing flips that bring this logit model to the target.
+(m ≈ 0.12 σ for this family). bf16 rounding alone gives m ≈ 0.0005 here: it moves each logit by at most half an
+ulp (2**-9 relative), so its effect scales with the logits' magnitude; the presets add the logit noise (kernel
+differences) and routing flips that bring this logit model to the target.
 
 Staleness (μ is the policy from k updates ago) is a property of the weights, not of the engine: `StalePolicy(k)`
 keeps parameter snapshots and returns the one from k updates back; the trainer computes logits with those
@@ -82,8 +88,8 @@ parameters and passes them to the engine.
 
 Randomness: two torch.Generators per device, seeded from the engine's int seed (one for the perturbations of
 steps 1–2, one for sampling), so `RolloutEngine(c, s).engine_logits(x)` equals
-`RolloutEngine(c, s).sample(x).engine_logits` bit for bit, and replays with the same seed, config, input shape
-and device are bit-identical.
+`RolloutEngine(c, s).sample(x).engine_logits` bit for bit, and replays with the same seed, config, input shape,
+device and torch thread count are bit-identical.
 """
 
 from __future__ import annotations
@@ -123,10 +129,13 @@ EXCLUDED_LOGIT = -1.0e4
 _SAMPLING_HEAD = 32  # the internal top-k' of μ used by the two-level sampler
 _TOP_P_FIRST_K = 64  # first nucleus search width; escalated ×8 per round
 _TOPK_BLOCK = 64  # block size of the block-maximum top-k (CPU)
-# CPU rows are processed in chunks of this many elements: 16 MiB float32 temporaries stay below glibc's mmap
-# threshold (32 MiB), so their pages are reused instead of being faulted in on every call.
-_CPU_CHUNK_ELEMENTS = 1 << 22
+# Rows are processed in chunks of at most this many elements. The chunk's large intermediates live in buffers the
+# engine keeps between calls (32 MiB in bf16, 64 MiB in float32 at most), so a call neither faults in fresh pages
+# for them nor runs more than a few vocabulary-wide passes per chunk (each pass is a synchronisation of torch's
+# worker threads, which is what costs most on a busy machine).
+_CPU_CHUNK_ELEMENTS = 1 << 24
 _CUDA_CHUNK_ELEMENTS = 1 << 27
+_GAP_CHUNK_ELEMENTS = 1 << 21  # float64 rows of `mean_abs_logprob_gap`
 
 
 def _inplace_log_softmax_available() -> bool:
@@ -141,18 +150,16 @@ def _inplace_log_softmax_available() -> bool:
 _INPLACE_LOG_SOFTMAX = _inplace_log_softmax_available()
 
 
-def _log_softmax_into(source: torch.Tensor, out: torch.Tensor) -> None:
-    """out = log_softmax(source) in float32 over the last axis. [n, V] → out [n, V] float32 (may be a row slice).
+def _log_softmax_(t: torch.Tensor) -> torch.Tensor:
+    """In-place log-softmax over the last axis of a contiguous tensor [n, V] (any float dtype); returns t.
 
-    On the CPU the normalisation runs in place on `out` (aten's `_log_softmax.out`, which reads every entry of a
-    row before writing it), which saves a temporary and a copy; elsewhere it is a plain `torch.log_softmax`.
+    On the CPU this is aten's `_log_softmax.out` with out = input (each row is read for its max and its sum of
+    exponentials before any entry is written, so aliasing is safe; `tests/test_mismatch.py` checks the result
+    against a float64 reference). Elsewhere it is `t.copy_(torch.log_softmax(t))`.
     """
-    if out.device.type == "cpu" and _INPLACE_LOG_SOFTMAX:
-        if source is not out:
-            out.copy_(source)
-        torch.ops.aten._log_softmax.out(out, -1, False, out=out)
-    else:
-        out.copy_(torch.log_softmax(source.to(torch.float32), dim=-1))
+    if t.device.type == "cpu" and _INPLACE_LOG_SOFTMAX:
+        return torch.ops.aten._log_softmax.out(t, -1, False, out=t)
+    return t.copy_(torch.log_softmax(t, dim=-1))
 
 
 def _topk_rows(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,13 +300,13 @@ def round_to_precision(logits: ArrayLike, precision: str) -> ArrayLike:
     """Round logits [..., V] to `precision` ("fp32" | "bf16" | "fp16") and return them as float32, same kind.
 
     Exactly torch's own cast `logits.to(dtype).float()` (round to nearest, ties to even; bf16 keeps 8 significant
-    bits, fp16 11 bits and overflows to ±inf beyond 65,504). The engine's step 3 applies this rounding.
+    bits, fp16 11 bits and overflows to ±inf from |x| ≥ 65,520 on). The engine's step 3 applies this rounding.
     """
     _check_choice(precision, "precision", list(PRECISIONS))
     if isinstance(logits, np.ndarray):
         if not np.issubdtype(logits.dtype, np.floating):
             raise TypeError(f"logits must be a float array, got dtype {logits.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(logits))
+        t = torch.from_numpy(np.ascontiguousarray(logits)).reshape(logits.shape)
         return t.to(torch.float32).to(PRECISIONS[precision]).to(torch.float32).numpy()
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor or numpy.ndarray, got {type(logits).__name__}")
@@ -387,6 +394,7 @@ class RolloutEngine:
         perturb_seed, sample_seed = np.random.SeedSequence(self.seed).generate_state(2, dtype=np.uint64)
         self._seeds = {"perturb": int(perturb_seed) >> 1, "sample": int(sample_seed) >> 1}
         self._generators: dict[tuple[str, str], torch.Generator] = {}
+        self._workspace: dict[tuple[str, str], torch.Tensor] = {}
 
     def _generator(self, role: str, device: torch.device) -> torch.Generator:
         key = (role, str(device))
@@ -429,46 +437,69 @@ class RolloutEngine:
         return max(1, budget // x.shape[-1])
 
     # ------------------------------------------------------------------ the model of μ
+    def _buffer(self, role: str, rows: int, v: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A workspace [rows, V] kept between calls (one per role and device; grown when too small)."""
+        key = (role, str(device))
+        buffer = self._workspace.get(key)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < rows * v:
+            buffer = torch.empty(rows * v, dtype=dtype, device=device)
+            self._workspace[key] = buffer
+        return buffer[: rows * v].view(rows, v)
+
     def _perturbed(self, x: torch.Tensor, flipped: torch.Tensor | None, start: int) -> torch.Tensor:
-        """Steps 1–2: float32 logits of the chunk with routing flips and logit noise applied. [n, V]."""
+        """Steps 1–2: float32 logits of the chunk [n, V] with routing flips and logit noise applied.
+
+        Without perturbations this is x itself when x is float32 (never written to)."""
         cfg = self.config
-        z = x.to(torch.float32)
+        n, v = x.shape
+        rows = None
+        if flipped is not None:
+            rows = flipped[start : start + n].nonzero().squeeze(-1)
+        if cfg.logit_noise == 0 and (rows is None or rows.numel() == 0):
+            return x.to(torch.float32)
         gen = self._generator("perturb", x.device)
-        if flipped is not None and cfg.routing_noise > 0:
-            rows = flipped[start : start + x.shape[0]].nonzero().squeeze(-1)
-            if rows.numel():
-                z = z.clone() if z.data_ptr() == x.data_ptr() else z
-                noise = torch.randn(
-                    (rows.numel(), z.shape[-1]), generator=gen, device=z.device, dtype=torch.float32
-                )
-                z.index_add_(0, rows, noise, alpha=cfg.routing_noise)
+        z = self._buffer("perturbed", n, v, torch.float32, x.device).copy_(x)
+        if rows is not None and rows.numel():
+            noise = self._buffer("noise", rows.numel(), v, torch.float32, x.device).normal_(generator=gen)
+            z.index_add_(0, rows, noise, alpha=cfg.routing_noise)
         if cfg.logit_noise > 0:
-            noise = torch.randn(z.shape, generator=gen, device=z.device, dtype=torch.float32)
-            z = noise.mul_(cfg.logit_noise).add_(z)
+            noise = self._buffer("noise", n, v, torch.float32, x.device).normal_(generator=gen)
+            z.add_(noise, alpha=cfg.logit_noise)
         return z
 
     def _chunk_logprobs(
         self, x: torch.Tensor, flipped: torch.Tensor | None, start: int, out: torch.Tensor, need_raw: bool
     ) -> torch.Tensor | None:
         """Steps 1–5 for one chunk: writes log μ [n, V] float32 into `out`; returns the raw log-probs [n, V]
-        float32 when `need_raw` (raw differs from processed), else None."""
+        float32 when `need_raw` (raw differs from processed), else None.
+
+        Low precision: round into a workspace, log-softmax in place in that dtype, copy into float32 and
+        log-softmax in place again (the renormalisation of step 5). Each step is one pass over the chunk."""
         cfg = self.config
         dtype = PRECISIONS[cfg.precision]
+        n, v = x.shape
         z = self._perturbed(x, flipped, start)
-        rounded = z.to(dtype)
-
-        def log_probs_into(logits_in_precision: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            if dtype == torch.float32:
-                _log_softmax_into(logits_in_precision, target)
-            else:  # log-softmax in the engine's precision, then the float32 renormalisation of step 5
-                _log_softmax_into(torch.log_softmax(logits_in_precision, dim=-1), target)
-            return target
-
-        raw = None
-        if need_raw:
-            raw = log_probs_into(rounded, torch.empty(z.shape, dtype=torch.float32, device=z.device))
-            self._check_finite(raw, z, rounded)
-        log_probs_into(rounded / cfg.temperature if cfg.temperature != 1.0 else rounded, out)
+        raw = self._buffer("raw", n, v, torch.float32, x.device) if need_raw else None
+        if dtype == torch.float32:
+            rounded = z
+            if raw is not None:
+                _log_softmax_(raw.copy_(rounded))
+                self._check_finite(raw, z, rounded)
+            if cfg.temperature != 1.0:
+                _log_softmax_(torch.div(rounded, cfg.temperature, out=out))
+            else:
+                _log_softmax_(out.copy_(rounded))
+        else:
+            rounded = self._buffer("rounded", n, v, dtype, x.device).copy_(z)
+            if raw is not None:
+                in_precision = self._buffer("in_precision", n, v, dtype, x.device)
+                _log_softmax_(raw.copy_(_log_softmax_(in_precision.copy_(rounded))))
+                self._check_finite(raw, z, rounded)
+            if cfg.temperature != 1.0:  # the division is also done in the engine's precision
+                in_precision = self._buffer("in_precision", n, v, dtype, x.device)
+                _log_softmax_(out.copy_(_log_softmax_(torch.div(rounded, cfg.temperature, out=in_precision))))
+            else:  # the last use of `rounded`: normalise it in place
+                _log_softmax_(out.copy_(_log_softmax_(rounded)))
         self._check_finite(out, z, rounded)
         if cfg.top_p < 1.0:
             _apply_top_p(out, cfg.top_p)
@@ -488,8 +519,11 @@ class RolloutEngine:
             raise ValueError(
                 f"logits exceed the range of precision={self.config.precision!r} (|logit| too large to round)"
             )
-        if not bool(torch.isfinite(log_probs).all()):  # pragma: no cover - finite inputs give finite outputs
-            raise ValueError("logits produced non-finite log-probabilities")
+        if not bool(torch.isfinite(log_probs).all()):
+            raise ValueError(
+                f"logits (divided by temperature={self.config.temperature}) overflow the log-softmax in "
+                f"precision={self.config.precision!r}; pass logits of moderate magnitude"
+            )
 
     def _routing_flags(self, n: int, device: torch.device) -> torch.Tensor | None:
         cfg = self.config
@@ -613,7 +647,7 @@ def mean_abs_logprob_gap(trainer_logits: ArrayLike, tokens: ArrayLike, engine_lo
     if a.shape[0] != x.shape[0] or lmu.shape[0] != x.shape[0]:
         raise ValueError("tokens and engine_logprob must have one entry per row of trainer_logits")
     total = 0.0
-    step = max(1, _CPU_CHUNK_ELEMENTS // x.shape[-1])
+    step = max(1, _GAP_CHUNK_ELEMENTS // x.shape[-1])
     for start in range(0, x.shape[0], step):
         rows = x[start : start + step].double()
         picked = rows.gather(-1, a[start : start + step].long().unsqueeze(-1)).squeeze(-1)
