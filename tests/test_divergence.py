@@ -333,3 +333,30 @@ def test_bad_inputs_raise_naming_the_argument():
         D.topk_kl(np.log(np.full((2, 3), 0.5)), np.array([[0, 1, 2], [0, 1, 2]]), x)
     with pytest.raises(ValueError, match="topk_ids must have shape"):
         D.topk_tv(lp[:1], np.array([[0, 1, 2]]), x)
+
+
+def test_float32_logprob_rounded_to_zero_gives_a_small_binary_kl():
+    """float32 log_softmax returns exactly 0 once 1 − π(a) < ~6e-8; that must not read as an empty bucket."""
+    z = torch.full((1000,), -30.0)
+    z[0], z[1] = 0.0, math.log(1e-8)
+    lp = torch.log_softmax(z, -1)[0]
+    assert lp.item() == 0.0
+    lmu = torch.tensor(math.log(0.9999), dtype=torch.float32)
+    got = float(D.binary_kl(lmu, lp))
+    true = float(ref.binary_kl(np.log(0.9999), np.log1p(-1.0000000000093e-8)))  # 1 − π(a) ≈ 1e-8
+    # within what float32 can resolve of 1 − π(a) (here 8.2e-4 vs 6.4e-4), and far below δ_KL = 0.05
+    assert abs(got - true) < 5e-4 and got < 2e-3
+
+
+def test_float32_kl_keeps_precision_with_large_logits():
+    rng = np.random.default_rng(12)
+    x = rng.normal(0, 2.0, (4, 32_000)) + 30.0
+    y = x + 0.02 * rng.normal(size=x.shape)
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    np.testing.assert_allclose(D.kl(x32, y32), ref.kl(x32, y32), rtol=2e-3)
+
+
+def test_empty_batches_give_empty_results():
+    empty = np.zeros((0, 7))
+    assert D.tv(empty, empty).shape == (0,) and D.kl(empty, empty).shape == (0,)
+    assert D.topk_tv(np.zeros((0, 2)), np.zeros((0, 2), dtype=np.int64), empty).shape == (0,)

@@ -125,6 +125,8 @@ def test_metrics_match_numpy_with_stated_denominators():
         "ratio_max": rr.max(),
         "valid_tokens": resp.sum(),
         "adv_tokens": grad_tok.sum(),
+        "pos_tokens": pos.sum(),
+        "neg_tokens": neg.sum(),
     }
     assert set(m) == set(want)
     for name, value in want.items():
@@ -150,6 +152,21 @@ def test_padded_and_zero_advantage_tokens_never_count():
     assert base[1]["adv_tokens"] == 2 and base[1]["valid_tokens"] == 5
     assert math.isnan(base[1]["mask_frac_neg"])  # no Â < 0 token: undefined, not 0
     assert float(base[0]) == float(other[0])
+
+
+def test_ratio_clip_frac_uses_the_rollout_ratio_even_with_a_recompute_anchor():
+    lp = np.log(np.full(4, 0.5))
+    lmu = np.log(
+        np.array([0.3, 0.3, 0.7, 0.7])
+    )  # r = 1.67 (Â > 0) and 0.71 (Â < 0): PPO's rule drops all four
+    kw = {"logprob": lp, "rollout_logprob": lmu, "advantages": np.array([1.0, 1.0, -1.0, -1.0])}
+    kw |= {"response_mask": np.ones(4, bool), "low": 0.2, "high": 0.2}
+    _, plain = policy_loss("ppo", **kw)
+    _, recompute = policy_loss(
+        "ppo", **kw, old_logprob=lp
+    )  # anchored on π_old = π: the mask keeps everything
+    assert plain["mask_frac"] == plain["ratio_clip_frac"] == 1.0
+    assert recompute["mask_frac"] == 0.0 and recompute["ratio_clip_frac"] == 1.0
 
 
 def test_numpy_in_numpy_out_and_dtypes():
@@ -196,3 +213,13 @@ def test_bad_inputs_raise_naming_the_argument():
         policy_loss("ppo", **{**kw, "rollout_logprob": np.full((2, 3), np.nan)})
     with pytest.raises(TypeError, match=r"ratio_clip must be a \(low, high\) pair"):
         policy_loss("ppo", **kw, ratio_clip=0.2)
+
+
+def test_uncapped_infinite_ratio_on_a_padded_token_does_not_poison_the_loss():
+    lp = np.array([[-0.5, -1.0, 0.0]])
+    lmu = np.array([[-0.6, -1.1, -1000.0]])  # r = e^1000 = inf at the padded position
+    loss, m = policy_loss(
+        "ppo", logprob=lp, rollout_logprob=lmu, advantages=np.array([[1.0, -1.0, 0.0]]),
+        response_mask=np.array([[True, True, False]]), low=0.2, high=0.2, ratio_cap=math.inf,
+    )  # fmt: skip
+    assert np.isfinite(loss) and m["valid_tokens"] == 2

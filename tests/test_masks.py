@@ -216,3 +216,23 @@ def test_bad_inputs_raise_naming_the_argument():
         trust_region_mask("ppo", **{**kw, "logprob": np.array([0.3, -1.0])})
     with pytest.raises(ValueError, match="response_mask must hold only 0/1"):
         trust_region_mask("ppo", **kw, response_mask=np.array([2, 1]))
+
+
+def test_binary_kl_mask_keeps_confident_tokens_whose_float32_logprob_rounded_to_zero():
+    z = torch.full((1000,), -30.0)
+    z[0] = 0.0
+    lp = torch.log_softmax(z, -1)[:1]  # exactly 0.0 in float32
+    keep = trust_region_mask(
+        "dppo_binary_kl", logprob=lp, rollout_logprob=torch.tensor([math.log(0.9999)]), advantages=torch.ones(1),
+        low=0.05, high=0.05,
+    )  # fmt: skip
+    assert bool(keep[0])
+
+
+def test_out_of_range_ids_with_the_recompute_anchor_raise_before_indexing():
+    lp = np.log(np.array([0.5, 0.4]))
+    with pytest.raises(ValueError, match=r"topk_ids must be token ids in \[0, 4\)"):
+        trust_region_mask(
+            "dppo_topk_tv", logprob=lp, rollout_logprob=lp, advantages=np.ones(2), low=0.1, high=0.1,
+            topk_ids=np.array([[0, 9], [1, 2]]), logits=np.zeros((2, 4)), old_logprob=lp, old_logits=np.zeros((2, 4)),
+        )  # fmt: skip

@@ -79,6 +79,16 @@ class Converter:
             raise AssertionError(kind)
         return t
 
+    def adopt_device(self, *values: Any) -> None:
+        """Take the device of the first torch tensor among optional inputs (None allowed), so numpy inputs
+        registered before it are placed there too. Counts as a torch input for the output kind."""
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                if self.device is None:
+                    self.device = v.device
+                self.saw_torch = True
+                return
+
     def place(self, t: torch.Tensor) -> torch.Tensor:
         """Move a registered tensor to the call's device (numpy-born tensors start on the CPU)."""
         return t if self.device is None or t.device == self.device else t.to(self.device)

@@ -26,9 +26,13 @@ Numerics and floors:
   V = 262,144 need a few MiB extra, not GiBs. Each chunk: e = exp(x − max x), lse = max + log Σ e, p = e / Σ e;
   TV = ½ Σ |p − q| and KL = Σ p · ((x − y) − (lse_x − lse_y)), in the chunk's compute dtype.
 - 1 − p is computed in log space with log1mexp(x) = log(1 − eˣ) (Mächler 2012), never as 1 − exp(x).
-- Bucket log-masses (the Binary/Top-K "rest") are floored at LOG_MASS_FLOOR = log(2.2e-308) ≈ −708.4, the smallest
-  normal float64: a rest bucket that is exactly empty gives KL terms 0·(...) = 0, and a bucket empty under π but
-  not under μ gives a large finite KL instead of inf/NaN.
+- Bucket log-masses (the Binary/Top-K "rest") are floored before logs. A rest mass read off a reported log-prob
+  (Binary's 1 − μ(a) and 1 − π(a), Top-K's 1 − Σ_S μ_v) is floored at the resolution of that log-prob's dtype,
+  eps/2 (`resolution_log_floor`: ≈ 6e-8 for float32, 1.1e-16 for float64), since a rounded log-prob of exactly 0
+  only says the rest is below it. Top-K's π_rest, an exact complement sum from the logits, is floored at
+  LOG_MASS_FLOOR = log(2.2e-308) ≈ −708.4 (the smallest normal float64). So an exactly empty bucket gives a KL
+  term of 0, and a bucket empty under π but not under μ gives a large finite KL instead of inf/NaN.
+- Results carry no gradient (inputs are detached): these are diagnostics and mask criteria, not loss terms.
 - |eᵃ − eᵇ| is computed as e^max(a,b) · (−expm1(−|a − b|)): no cancellation when π ≈ μ.
 - Reported log-probs may exceed 0 by rounding (up to 32 ulps of 1 in their dtype); such values are treated as 0.
   Larger positive values, NaN and ±inf are rejected with a ValueError.
@@ -87,8 +91,18 @@ def _abs_exp_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isneginf(hi), torch.zeros_like(out), out)
 
 
-def _floor_log_mass(x: torch.Tensor) -> torch.Tensor:
-    return x.clamp(min=LOG_MASS_FLOOR)
+def _floor_log_mass(x: torch.Tensor, floor: float = LOG_MASS_FLOOR) -> torch.Tensor:
+    return x.clamp(min=floor)
+
+
+def resolution_log_floor(dtype: torch.dtype) -> float:
+    """log(eps/2) of the dtype a log-probability arrived in: the smallest rest mass 1 − p it can resolve.
+
+    A log-softmax computed in float32 returns exactly 0 once 1 − p < ~6e-8, so a rest bucket read off such a
+    log-prob is only known to lie in [0, eps/2]; flooring it there (≈ −16.6 in float32, −36.7 in float64) keeps
+    a rounded log π(a) = 0 from turning into a huge Binary KL.
+    """
+    return max(LOG_MASS_FLOOR, math.log(torch.finfo(dtype).eps / 2))
 
 
 # --------------------------------------------------------------------------------------------------- exact
@@ -110,7 +124,7 @@ def _exact_chunk(xc: torch.Tensor, yc: torch.Tensor) -> tuple[torch.Tensor, torc
     sy = q.sum(-1, keepdim=True)
     p = p / sx
     q = q / sy
-    shift = (mx + torch.log(sx)) - (my + torch.log(sy))
+    shift = (mx - my) + (torch.log(sx) - torch.log(sy))  # max logits first: their difference is exact
     kl_rows = ((xc - yc - shift) * p).sum(-1)
     tv_rows = 0.5 * (q - p).abs().sum(-1)
     return tv_rows, kl_rows, finite
@@ -136,9 +150,11 @@ def _exact_rows(
     for every chunk (`out=` and in-place ops), so memory is touched once, not once per operation and chunk.
     """
     n, v = x.shape
-    rows = min(n, max(1, chunk_elements // max(v, 1)))
+    rows = max(1, min(n, chunk_elements // max(v, 1)))
     tv_out = torch.empty(n, dtype=cdtype, device=x.device)
     kl_out = torch.empty(n, dtype=cdtype, device=x.device)
+    if n == 0:
+        return tv_out, kl_out
     if compiled:
         fn = _get_compiled_chunk()
         for start in range(0, n, rows):
@@ -165,7 +181,7 @@ def _exact_rows(
         sx, sy = p.sum(-1, keepdim=True), q.sum(-1, keepdim=True)
         p.div_(sx)
         q.div_(sy)
-        shift = (mx + torch.log(sx)) - (my + torch.log(sy))
+        shift = (mx - my) + (torch.log(sx) - torch.log(sy))
         torch.sub(xc, yc, out=d).sub_(shift).mul_(p)
         kl_out[start:end] = d.sum(-1)
         torch.sub(q, p, out=d).abs_()
@@ -177,8 +193,8 @@ def _exact(
     rollout_logits: ArrayLike, logits: ArrayLike, chunk_elements: int | None, compiled: bool
 ) -> tuple[Converter, torch.Tensor, torch.Tensor]:
     conv = Converter()
-    x = conv.tensor(rollout_logits, "rollout_logits")
-    y = conv.tensor(logits, "logits")
+    x = conv.tensor(rollout_logits, "rollout_logits").detach()
+    y = conv.tensor(logits, "logits").detach()
     x, y = conv.place(x), conv.place(y)
     check_same_shape(x, "rollout_logits", y, "logits")
     if x.ndim < 1 or x.shape[-1] < 1:
@@ -238,8 +254,8 @@ def _token_logprobs(
     rollout_logprob: ArrayLike, logprob: ArrayLike
 ) -> tuple[Converter, torch.Tensor, torch.Tensor]:
     conv = Converter()
-    lmu = conv.tensor(rollout_logprob, "rollout_logprob")
-    lpi = conv.tensor(logprob, "logprob")
+    lmu = conv.tensor(rollout_logprob, "rollout_logprob").detach()
+    lpi = conv.tensor(logprob, "logprob").detach()
     lmu, lpi = conv.place(lmu), conv.place(lpi)
     check_same_shape(lmu, "rollout_logprob", lpi, "logprob")
     lmu = check_logprobs(lmu, "rollout_logprob").double()
@@ -251,9 +267,9 @@ def _binary_tv(lmu: torch.Tensor, lpi: torch.Tensor) -> torch.Tensor:
     return _abs_exp_diff(lpi, lmu)
 
 
-def _binary_kl(lmu: torch.Tensor, lpi: torch.Tensor) -> torch.Tensor:
-    lmu_rest = _floor_log_mass(log1mexp(lmu))
-    lpi_rest = _floor_log_mass(log1mexp(lpi))
+def _binary_kl(lmu: torch.Tensor, lpi: torch.Tensor, log_floor: float) -> torch.Tensor:
+    lmu_rest = _floor_log_mass(log1mexp(lmu), log_floor)
+    lpi_rest = _floor_log_mass(log1mexp(lpi), log_floor)
     out = torch.exp(lmu) * (lmu - lpi) + torch.exp(lmu_rest) * (lmu_rest - lpi_rest)
     return out.clamp(min=0.0)
 
@@ -271,10 +287,11 @@ def binary_kl(rollout_logprob: ArrayLike, logprob: ArrayLike) -> ArrayLike:
     """Binary KL (paper Eq. 14) from the sampled token's log-probs `[...]` → `[...]`:
 
     μ(a) log(μ(a)/π(a)) + (1 − μ(a)) log((1 − μ(a))/(1 − π(a))), with 1 − p from log1mexp and the rest bucket's
-    log-mass floored at LOG_MASS_FLOOR.
+    mass floored at the inputs' resolution, eps/2 of their dtype (`resolution_log_floor`): a float32 log π(a) that
+    rounded to 0 says only that 1 − π(a) < ~6e-8.
     """
     conv, lmu, lpi = _token_logprobs(rollout_logprob, logprob)
-    return conv.out(_binary_kl(lmu, lpi))
+    return conv.out(_binary_kl(lmu, lpi, resolution_log_floor(conv.out_dtype)))
 
 
 # --------------------------------------------------------------------------------------------------- top-K
@@ -314,9 +331,10 @@ def _topk_inputs(
 ) -> tuple[Converter, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate Top-K inputs; return (conv, valid, lmu_set, lpi_set, lmu_rest, lpi_rest), float64, rows flattened."""
     conv = Converter()
-    lmu = conv.tensor(rollout_topk_logprobs, "rollout_topk_logprobs")
+    lmu = conv.tensor(rollout_topk_logprobs, "rollout_topk_logprobs").detach()
     ids = conv.tensor(topk_ids, "topk_ids", kind="int")
-    x = conv.tensor(logits, "logits")
+    x = conv.tensor(logits, "logits").detach()
+    mu_floor = resolution_log_floor(lmu.dtype)
     lmu, ids, x = conv.place(lmu), conv.place(ids), conv.place(x)
     if x.ndim < 1:
         raise ValueError(f"logits must have shape [..., vocab], got {tuple(x.shape)}")
@@ -333,7 +351,7 @@ def _topk_inputs(
     valid = ids >= 0
     if bool((ids < -1).any()) or bool((ids >= v).any()):
         raise ValueError(f"topk_ids must be token ids in [0, {v}) (or -1 for an unused slot)")
-    if int(valid.sum(-1).max()) > v:
+    if ids.numel() and int(valid.sum(-1).max()) > v:
         raise ValueError(f"K = {k} ids per row exceed the vocabulary size {v}")
     if k > 1:
         sorted_ids = ids.sort(dim=-1).values
@@ -357,7 +375,8 @@ def _topk_inputs(
             "rollout_topk_logprobs must be log-probabilities of distinct tokens: their probabilities sum to more "
             f"than 1 + {_TOPK_MASS_TOLERANCE:g} in some row"
         )
-    lmu_rest = _floor_log_mass(log1mexp(lmu_set_total.clamp(max=0.0)))
+    # μ's rest is 1 − Σ of reported log-probs: known to their dtype's resolution; π's is an exact complement sum
+    lmu_rest = _floor_log_mass(log1mexp(lmu_set_total.clamp(max=0.0)), mu_floor)
     lpi_rest = _floor_log_mass(lpi_rest)
     # A set holding every id leaves no rest bucket: whatever 1 − Σ μ_S rounding left over is not mass.
     full = valid2.sum(-1) == v

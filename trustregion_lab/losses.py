@@ -16,12 +16,14 @@ The last axis is time; leading axes index sequences (a 1-D input is one sequence
 Metrics (floats; every method reports the same names; a metric whose denominator is empty is NaN):
     over tokens with response_mask and Â ≠ 0 (the ones that carry gradient):
       mask_frac        dropped / tokens;   mask_frac_pos, mask_frac_neg: the same among Â > 0 / Â < 0
-      ratio_clip_frac  share the PPO ratio rule (ε = `ratio_clip`) would drop: comparable with mask_frac
+      ratio_clip_frac  share the PPO ratio rule (ε = `ratio_clip`) on r = π/μ would drop, for every method and
+                       anchor (also the recompute ones): comparable with mask_frac and across methods
     over all response tokens:
       ratio_cap_frac   share with r > ratio_cap
       mismatch_k1      mean(log μ − log π)           mismatch_k3   mean(r − 1 − log r)
       chi2             mean((r − 1)²)               ess           (Σ r)² / (n Σ r²)  (1 = on-policy)
-      ratio_mean, ratio_max, valid_tokens (count of response tokens), adv_tokens (count with Â ≠ 0)
+      ratio_mean, ratio_max, valid_tokens (count of response tokens), adv_tokens (count with Â ≠ 0),
+      pos_tokens, neg_tokens (counts with Â > 0 / Â < 0): the denominators, so callers can pool mini-batches
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ METRIC_NAMES = (
     "ratio_max",
     "valid_tokens",
     "adv_tokens",
+    "pos_tokens",
+    "neg_tokens",
 )
 DEFAULT_RATIO_CLIP = (0.2, 0.2)
 
@@ -124,6 +128,7 @@ def policy_loss(
     clip_high = check_threshold(ratio_clip[1], "ratio_clip[1]")
 
     conv = Converter()
+    conv.adopt_device(topk_ids, rollout_topk_logprobs, logits, rollout_logits, old_logprob, old_logits)
     lp = conv.tensor(logprob, "logprob")
     lmu = conv.tensor(rollout_logprob, "rollout_logprob")
     adv = conv.tensor(advantages, "advantages")
@@ -148,16 +153,17 @@ def policy_loss(
     extra = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in extra.items()}
     with torch.no_grad():
         up, down = outside_region(method, logprob=lp_const, rollout_logprob=lmu, low=low, high=high, **extra)
-        anchor = {k: extra[k] for k in ("old_logprob",)}
+        # PPO's rule on the importance ratio r = π/μ, whatever the method's anchor: one yardstick for every row
         clip_up, clip_down = outside_region(
-            "ppo", logprob=lp_const, rollout_logprob=lmu, low=clip_low, high=clip_high, **anchor
+            "ppo", logprob=lp_const, rollout_logprob=lmu, low=clip_low, high=clip_high
         )
         pos, neg = resp & (adv > 0), resp & (adv < 0)
         keep = ~((pos & up) | (neg & down))
         log_r = lp_const.double() - lmu.double()
         ratio = torch.exp(log_r)
         weight = ratio.clamp(max=cap)
-        coef = (-adv.double() * weight * keep).to(lp.dtype)
+        # zero (not 0 · inf = NaN) where a token carries no gradient: padding, Â = 0, masked, or r = inf uncapped
+        coef = torch.where(keep & resp, -adv.double() * weight, 0.0).to(lp.dtype)
 
     per_token = coef * lp if lp.dtype.is_floating_point else coef * lp.float()
     loss = aggregate(per_token, resp, agg)
@@ -189,5 +195,7 @@ def policy_loss(
             "ratio_max": ratio_max,
             "valid_tokens": float(n_resp),
             "adv_tokens": float(int(gets_grad.sum())),
+            "pos_tokens": float(int(pos.sum())),
+            "neg_tokens": float(int(neg.sum())),
         }
     return (loss if conv.saw_torch else conv.out(loss.detach())), metrics

@@ -85,12 +85,15 @@ def _divergence_rule(estimate: Callable[[MaskInputs], torch.Tensor]) -> Rule:
     return rule
 
 
+# Binary estimates are compared with the threshold in float64 (not after rounding back to a bf16/fp16 input dtype);
+# the rest bucket is floored at the resolution of the dtype the log-probs arrived in, as in `divergence.binary_kl`.
 def _binary_tv(x: MaskInputs) -> torch.Tensor:
-    return div.binary_tv(x.anchor_logprob, x.logprob)
+    return div._binary_tv(x.anchor_logprob.double(), x.logprob.double())
 
 
 def _binary_kl(x: MaskInputs) -> torch.Tensor:
-    return div.binary_kl(x.anchor_logprob, x.logprob)
+    floor = div.resolution_log_floor(torch.promote_types(x.anchor_logprob.dtype, x.logprob.dtype))
+    return div._binary_kl(x.anchor_logprob.double(), x.logprob.double(), floor)
 
 
 def _topk(fn: Callable[..., torch.Tensor], method: str) -> Callable[[MaskInputs], torch.Tensor]:
@@ -133,9 +136,18 @@ def check_method(method: object) -> str:
 
 
 def _gather_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[ids] with −inf at unused (−1) slots; logits `[..., V]`, ids `[..., K]`."""
-    lp = torch.log_softmax(logits.double(), dim=-1).gather(-1, ids.clamp(min=0))
-    return lp.masked_fill(ids < 0, float("-inf"))
+    """log_softmax(logits)[ids] (float64) with −inf at unused (−1) slots; logits `[..., V]`, ids `[..., K]`.
+
+    Validates the ids first and works a chunk of rows at a time (never a full `[N, V]` log-softmax).
+    """
+    v, k = logits.shape[-1], ids.shape[-1]
+    if bool((ids < -1).any()) or bool((ids >= v).any()):
+        raise ValueError(f"topk_ids must be token ids in [0, {v}) (or -1 for an unused slot)")
+    valid = ids >= 0
+    lp, _ = div._trainer_logprobs_at(
+        logits.reshape(-1, v), ids.reshape(-1, k), valid.reshape(-1, k), div.DEFAULT_CHUNK_ELEMENTS
+    )
+    return lp.reshape(ids.shape)
 
 
 def outside_region(
@@ -237,6 +249,7 @@ def trust_region_mask(
     moves the anchor to the recomputed π_old; response_mask bool `[...]`.
     """
     conv = Converter()
+    conv.adopt_device(topk_ids, rollout_topk_logprobs, logits, rollout_logits, old_logprob, old_logits)
     lp = conv.tensor(logprob, "logprob")
     lmu = conv.tensor(rollout_logprob, "rollout_logprob")
     adv = conv.tensor(advantages, "advantages")

@@ -412,6 +412,7 @@ def run_sweep(
     _check_folder(out_dir, manifest)
 
     runs_dir = out_dir / RUNS_DIR
+    fresh_folder = not (out_dir / MANIFEST_NAME).exists()
     runs_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(runs_dir)
     _remove_stale_temporaries(out_dir)
@@ -442,19 +443,16 @@ def run_sweep(
         _atomic_write_csv(runs_dir / f"{spec.run_id}.csv", _annotate(table, spec, plan.preset.name, commit))
 
     if pending:
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(pending), desc=plan.preset.name, unit="run", disable=not progress) as bar:
-            if backend == "ray":
-                _run_on_ray(plan.preset, pending, store, bar, jobs=jobs, address=address)
-            elif jobs == 1:
-                for spec in pending:
-                    with _rejected_parameters(spec):
-                        table = _execute_run(plan.preset.run, spec.config, spec.seed, single_thread=False)
-                    store(spec, table)
-                    bar.update(1)
-            else:
-                _run_in_processes(plan.preset, pending, store, bar, jobs=jobs)
+        try:
+            _run_pending(plan, pending, store, progress=progress, backend=backend, jobs=jobs, address=address)
+        except SweepConfigError:
+            if fresh_folder and not any(runs_dir.glob("*.csv")):
+                # nothing was computed: leave no manifest behind, so the corrected command can use this folder
+                (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    runs_dir.rmdir()
+                    out_dir.rmdir()
+            raise
 
     merged = pd.concat(
         [
@@ -466,6 +464,32 @@ def run_sweep(
     )
     _atomic_write_csv(out_dir / TABLE_NAME, merged)
     return merged
+
+
+def _run_pending(
+    plan: SweepPlan,
+    pending: list[RunSpec],
+    store,
+    *,
+    progress: bool,
+    backend: str,
+    jobs: int,
+    address: str | None,
+) -> None:
+    """Compute the runs not yet on disk, storing each as it finishes."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(pending), desc=plan.preset.name, unit="run", disable=not progress) as bar:
+        if backend == "ray":
+            _run_on_ray(plan.preset, pending, store, bar, jobs=jobs, address=address)
+        elif jobs == 1:
+            for spec in pending:
+                with _rejected_parameters(spec):
+                    table = _execute_run(plan.preset.run, spec.config, spec.seed, single_thread=False)
+                store(spec, table)
+                bar.update(1)
+        else:
+            _run_in_processes(plan.preset, pending, store, bar, jobs=jobs)
 
 
 @contextlib.contextmanager

@@ -103,6 +103,10 @@ class Trainer:
         self.step += 1
         row: dict[str, Any] = {
             "method": self.config.method,
+            # the thresholds actually applied (a variant's own unless low/high were set)
+            "mask_method": self.config.variant.method,
+            "threshold_low": self.config.variant.low,
+            "threshold_high": self.config.variant.high,
             "seed": self.config.seed,
             "step": self.step,
             "reward": float(batch.rewards.float().mean()),

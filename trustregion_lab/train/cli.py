@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=doc, description=doc)
         p.add_argument("--out", default="", help="CSV file for the table ('' = print a summary only)")
         p.add_argument(
-            "--checkpoint-dir", default="", help="folder for checkpoint.pt: a killed run resumes from it"
+            "--checkpoint-dir",
+            default="",
+            help="folder for checkpoint.pt (written every --checkpoint-every steps, every step when that is 0): a killed run resumes from it",
         )
         add_config_arguments(p, cls)
     return parser
@@ -107,21 +109,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-    except (ValueError, TypeError) as exc:
+        if args.checkpoint_dir and config.checkpoint_every == 0:
+            config = dataclasses.replace(config, checkpoint_every=1)  # a checkpoint folder means: checkpoint
+        if args.command == "bandit":
+            from trustregion_lab.train.bandit import BanditTrainer as trainer_cls
+        else:
+            from trustregion_lab.train.sequence import SequenceTrainer as trainer_cls
+        table = trainer_cls(config).train(args.checkpoint_dir or None)
+    except (ValueError, TypeError) as exc:  # bad values found while building the trainer or on its first step
         parser.error(str(exc))
-    if args.command == "bandit":
-        from trustregion_lab.train.bandit import BanditTrainer as trainer_cls
-    else:
-        from trustregion_lab.train.sequence import SequenceTrainer as trainer_cls
-    trainer = trainer_cls(config)
-    table = trainer.train(args.checkpoint_dir or None)
     if args.out:
         write_csv(table, args.out)
         print(f"wrote {len(table)} rows to {args.out}")
     every = max(1, len(table) // 10)
-    shown = table.iloc[
-        list(range(0, len(table), every)) + ([len(table) - 1] if len(table) % every != 1 else [])
-    ]
+    shown = table.iloc[sorted(set(range(0, len(table), every)) | {len(table) - 1})]
     print(shown[SUMMARY_COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 

@@ -45,6 +45,17 @@ LOSS_METRICS = (
     "chi2",
     "ess",
 )
+# the denominator each loss metric is pooled with over a step's mini-batches (ess is not a ratio of sums: plain mean)
+_POOLING_WEIGHT = {
+    "mask_frac": "adv_tokens",
+    "ratio_clip_frac": "adv_tokens",
+    "mask_frac_pos": "pos_tokens",
+    "mask_frac_neg": "neg_tokens",
+    "ratio_cap_frac": "valid_tokens",
+    "mismatch_k1": "valid_tokens",
+    "mismatch_k3": "valid_tokens",
+    "chi2": "valid_tokens",
+}
 # wall-clock columns: the only ones that differ between two runs of one seed
 TIMING_COLUMNS = ("tokens_per_s", "sample_tokens_per_s", "train_tokens_per_s", "time_s")
 ROW_COLUMNS = (
@@ -149,14 +160,16 @@ def optimise_on_batch(
         raise ValueError(f"num_minibatches={config.num_minibatches} exceeds the rollout batch's {rows} rows")
     use_anchor = variant.anchor == "recompute"
     sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    counts: dict[str, float] = {}
     prob_diff_max = 0.0
     first = True
 
-    def add(name: str, value: float) -> None:
-        if not math.isnan(value):
-            sums[name] = sums.get(name, 0.0) + value
-            counts[name] = counts.get(name, 0) + 1
+    def add(name: str, value: float, weight: float = 1.0) -> None:
+        """Pool over the step's mini-batches, weighting each by its denominator: a fraction over tokens stays
+        (total numerator) / (total denominator) as DESIGN §2 defines it, not a mean of mini-batch means."""
+        if not math.isnan(value) and weight > 0:
+            sums[name] = sums.get(name, 0.0) + value * weight
+            counts[name] = counts.get(name, 0.0) + weight
 
     for _ in range(config.epochs):
         order = rng.permutation(rows)
@@ -204,21 +217,23 @@ def optimise_on_batch(
                 entropy = -(logp_all.detach().exp() * logp_all.detach()).sum(-1)
                 prob_diff = (logprob.detach().exp() - rollout_logprob.exp()).abs()
                 fmask = mask.to(torch.float64)
+                n_tokens = float(fmask.sum())
                 tv_mean, kl_mean = _masked_mean(tv, fmask), _masked_mean(kl, fmask)
                 if first:
-                    add("tv_exact_start", tv_mean)
-                    add("kl_exact_start", kl_mean)
+                    add("tv_exact_start", tv_mean, n_tokens)
+                    add("kl_exact_start", kl_mean, n_tokens)
                     first = False
-                add("tv_exact", tv_mean)
-                add("kl_exact", kl_mean)
-                add("entropy", _masked_mean(entropy, fmask))
-                add("prob_diff_mean", _masked_mean(prob_diff, fmask))
+                add("tv_exact", tv_mean, n_tokens)
+                add("kl_exact", kl_mean, n_tokens)
+                add("entropy", _masked_mean(entropy, fmask), n_tokens)
+                add("prob_diff_mean", _masked_mean(prob_diff, fmask), n_tokens)
                 if bool(mask.any()):
                     prob_diff_max = max(prob_diff_max, float(prob_diff[mask].max()))
                 add("grad_norm", float(grad_norm))
                 add("loss", float(loss.detach()))
                 for name in LOSS_METRICS:
-                    add(name, float(metrics.get(name, float("nan"))))
+                    weight = metrics[_POOLING_WEIGHT[name]] if name in _POOLING_WEIGHT else 1.0
+                    add(name, float(metrics.get(name, float("nan"))), weight)
     out = {name: sums[name] / counts[name] for name in sums}
     out["prob_diff_max"] = prob_diff_max
     return out

@@ -66,6 +66,7 @@ class SequenceTrainer(Trainer):
             "task": config.task,
             "vocab_size": config.vocab_size,
             "max_length": config.max_length,
+            "reward_mode": config.reward_mode,  # the cached start-reward stats are scored with it
             "model": self.policy.config.to_dict(),
             "device": self.device.type,
         }
