@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: sweep test lint figures bench clean
+.PHONY: sweep test lint figures training-figures bench clean
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,8 +25,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-figures: $(STAMP) ## regenerate the committed figures/ from a fresh default sweep
+figures: $(STAMP) ## regenerate the committed analysis figures under figures/ from a fresh default sweep (~15 s)
+	rm -rf results/readme
 	$(PY) -m trustregion_lab.sweep --out results/readme --figures-dir figures
+
+training-figures: $(STAMP) ## regenerate figures/{bandit,sequence}-train/ (~15 min on 2 cores)
+	rm -rf results/bandit-train-3seeds results/sequence-train-1seed
+	$(PY) -m trustregion_lab.sweep --preset bandit-train --seeds 3 --out results/bandit-train-3seeds --figures-dir figures/bandit-train
+	$(PY) -m trustregion_lab.sweep --preset sequence-train --seeds 1 --out results/sequence-train-1seed --figures-dir figures/sequence-train
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done

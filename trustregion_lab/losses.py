@@ -36,10 +36,11 @@ import torch
 from trustregion_lab._arrays import ArrayLike, Converter, check_logprobs, check_same_shape, check_threshold
 from trustregion_lab.masks import broadcast_advantages, check_method, outside_region
 
-__all__ = ["AGGREGATIONS", "METRIC_NAMES", "aggregate", "policy_loss"]
+__all__ = ["AGGREGATIONS", "DESIGN_METRICS", "METRIC_NAMES", "aggregate", "policy_loss"]
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
-METRIC_NAMES = (
+# the diagnostics DESIGN §2 names, which every method reports; then extras and the denominators behind them
+DESIGN_METRICS = (
     "mask_frac",
     "mask_frac_pos",
     "mask_frac_neg",
@@ -49,6 +50,9 @@ METRIC_NAMES = (
     "mismatch_k3",
     "chi2",
     "ess",
+)
+METRIC_NAMES = (
+    *DESIGN_METRICS,
     "ratio_mean",
     "ratio_max",
     "valid_tokens",

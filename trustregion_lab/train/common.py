@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from trustregion_lab import divergence
-from trustregion_lab.losses import policy_loss
+from trustregion_lab.losses import DESIGN_METRICS, policy_loss
 from trustregion_lab.policies.device import autocast
 from trustregion_lab.train.config import TrainConfig
 from trustregion_lab.train.variants import Variant
@@ -33,18 +33,8 @@ __all__ = [
     "optimise_on_batch",
 ]
 
-# the names policy_loss reports (DESIGN §2); averaged over the mini-batches of a step
-LOSS_METRICS = (
-    "mask_frac",
-    "mask_frac_pos",
-    "mask_frac_neg",
-    "ratio_clip_frac",
-    "ratio_cap_frac",
-    "mismatch_k1",
-    "mismatch_k3",
-    "chi2",
-    "ess",
-)
+# the names policy_loss reports (DESIGN §2), pooled over the mini-batches of a step (see _POOLING_WEIGHT)
+LOSS_METRICS = DESIGN_METRICS
 # the denominator each loss metric is pooled with over a step's mini-batches (ess is not a ratio of sums: plain mean)
 _POOLING_WEIGHT = {
     "mask_frac": "adv_tokens",
