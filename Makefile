@@ -29,7 +29,7 @@ figures: $(STAMP) ## regenerate the committed analysis figures under figures/ fr
 	rm -rf results/readme
 	$(PY) -m trustregion_lab.sweep --out results/readme --figures-dir figures
 
-training-figures: $(STAMP) ## regenerate figures/{bandit,sequence}-train/ (~15 min on 2 cores)
+training-figures: $(STAMP) ## regenerate figures/{bandit,sequence}-train/ (~6 min on 2 cores)
 	rm -rf results/bandit-train-3seeds results/sequence-train-1seed
 	$(PY) -m trustregion_lab.sweep --preset bandit-train --seeds 3 --out results/bandit-train-3seeds --figures-dir figures/bandit-train
 	$(PY) -m trustregion_lab.sweep --preset sequence-train --seeds 1 --out results/sequence-train-1seed --figures-dir figures/sequence-train
