@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 import torch
-from trustregion_lab.envs.logit_model import llm_like_logits
 
+from trustregion_lab.envs.logit_model import llm_like_logits
 from trustregion_lab.mismatch import ENGINE_PRESETS, EngineConfig, RolloutEngine
 
 

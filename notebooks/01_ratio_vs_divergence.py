@@ -36,9 +36,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy.special import log_softmax
-from trustregion_lab.envs.logit_model import llm_like_logits
 
 from trustregion_lab import analysis, divergence, losses, masks
+from trustregion_lab.envs.logit_model import llm_like_logits
 
 QUICK = os.environ.get("TRUSTREGION_LAB_QUICK", "0") == "1"
 VOCAB = 2_048 if QUICK else 32_768

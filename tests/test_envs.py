@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+import trustregion_lab  # noqa: F401  (registers the environments)
 from trustregion_lab.envs import (
     LargeVocabBanditVectorEnv,
     TokenSequenceTask,
@@ -17,8 +19,6 @@ from trustregion_lab.envs import (
     llm_like_logits,
     make_bandit_problem,
 )
-
-import trustregion_lab  # noqa: F401  (registers the environments)
 
 BANDIT = "trustregion_lab/LargeVocabBandit-v0"
 SEQUENCE = "trustregion_lab/TokenSequence-v0"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from trustregion_lab.envs.logit_model import llm_like_logits
 
+from trustregion_lab.envs.logit_model import llm_like_logits
 from trustregion_lab.mismatch import (
     ENGINE_PRESETS,
     EXCLUDED_LOGIT,

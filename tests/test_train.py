@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 from scipy.special import log_softmax, softmax
-from trustregion_lab.envs.bandit_problem import make_bandit_problem
 
+from trustregion_lab.envs.bandit_problem import make_bandit_problem
 from trustregion_lab.train import VARIANTS, BanditConfig, BanditTrainer, SequenceConfig, SequenceTrainer
 from trustregion_lab.train.cli import build_parser, main
 from trustregion_lab.train.common import LOSS_METRICS, TIMING_COLUMNS, group_advantages

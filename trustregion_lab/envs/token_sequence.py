@@ -32,6 +32,7 @@ is a format failure and scores −format_penalty. Otherwise, with y the tokens b
 from __future__ import annotations
 
 import numpy as np
+
 from trustregion_lab.envs._checks import check_int
 
 __all__ = ["REWARD_MODES", "TASKS", "TokenSequenceTask"]

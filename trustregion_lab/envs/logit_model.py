@@ -58,6 +58,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+
 from trustregion_lab.envs._checks import check_int
 
 __all__ = ["LOGIT_FAMILIES", "LogitFamily", "choose_tokens_by_rank", "llm_like_logits"]

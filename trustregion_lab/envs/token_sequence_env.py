@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
 from trustregion_lab.envs.token_sequence import TokenSequenceTask
 
 __all__ = ["TokenSequenceEnv"]

@@ -9,6 +9,7 @@
 """
 
 from gymnasium.envs.registration import register, registry
+
 from trustregion_lab.envs.bandit_problem import BanditProblem, make_bandit_problem
 from trustregion_lab.envs.large_vocab_bandit import LargeVocabBanditEnv, LargeVocabBanditVectorEnv
 from trustregion_lab.envs.logit_model import LOGIT_FAMILIES, choose_tokens_by_rank, llm_like_logits

@@ -33,6 +33,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+
 from trustregion_lab.envs.bandit_problem import (
     BanditProblem,
     counter_uniform,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
 from trustregion_lab.envs._checks import check_int, check_probability
 from trustregion_lab.envs.logit_model import LOGIT_FAMILIES, choose_tokens_by_rank, llm_like_logits
 
