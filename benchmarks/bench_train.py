@@ -1,18 +1,20 @@
-"""Benchmark: GRPO with the transformer on ``reverse`` (short sequences) until the mean reward reaches 0.9.
+"""Benchmark: the sequence trainer's sampling and training throughput at 24-token answers.
 
-Prints the warm-start time (fresh, not cached), the RL time-to-target, and the median sampling and training
-throughput in answer tokens per second (valid response tokens; sampling = decoding with the rollout engine,
-training = the mini-batch passes, counted once per epoch). Baseline, measured in the same run: the supervised
-warm start's teacher-forced training throughput (same model, forward + backward), so the ratio says what the
-RL loop's decoding and masked-loss machinery cost against plain training.
+Same run, same warm-started model, same engine and batch, interleaved rounds, medians:
+- baseline: the full-forward decode (every step recomputes ``model(sequence)[:, -1]`` over the whole growing
+  sequence, then the engine samples from those logits), the trainer's decode before KV caching;
+- KV cache: ``SequenceTrainer.collect()`` (the engine's own incremental decode, one position per step);
+- training: ``prepare`` + ``update`` (π_old forward and epochs × mini-batches of the surrogate).
+Throughput is answer tokens per second (valid response tokens; training counts each token once per epoch).
 
-    python benchmarks/bench_train.py                 # CPU (goal: reward >= 0.9 within 10 minutes)
-    python benchmarks/bench_train.py --device cuda   # the same command on a GPU
+    python benchmarks/bench_train.py                       # reverse, L = 23 (24-token answers), fp32 engine
+    python benchmarks/bench_train.py --engine model-bf16   # the bf16 model engine
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -22,85 +24,74 @@ import torch
 from trustregion_lab.train import SequenceConfig, SequenceTrainer
 
 
+@torch.no_grad()
+def full_forward_collect(trainer: SequenceTrainer) -> int:
+    """The baseline decode: the whole sequence through the model at every step; returns answer tokens drawn."""
+    task, cfg = trainer.task, trainer.config
+    prompts = np.repeat(task.sample_prompts(trainer.rng, cfg.prompts_per_step), cfg.group_size, axis=0)
+    sequence = torch.as_tensor(prompts, dtype=torch.int64, device=trainer.device)
+    ended = torch.zeros(sequence.shape[0], dtype=torch.bool, device=trainer.device)
+    tokens = 0
+    for _ in range(task.answer_length):
+        sample = trainer.sampler.sample(trainer.served(sequence)[:, -1].float())
+        tokens += int((~ended).sum())
+        ended |= sample.tokens == task.eos_id
+        sequence = torch.cat([sequence, sample.tokens[:, None]], dim=1)
+    return tokens
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    parser.add_argument("--task", default="reverse")
-    parser.add_argument("--max-length", type=int, default=6)
-    parser.add_argument("--vocab-size", type=int, default=2000)
-    parser.add_argument("--prompts", type=int, default=32, help="prompts per rollout batch")
-    parser.add_argument("--group", type=int, default=16, help="samples per prompt")
-    parser.add_argument("--minibatches", type=int, default=4)
-    parser.add_argument("--method", default="ppo")
-    parser.add_argument("--engine", default="bf16")
-    parser.add_argument("--target", type=float, default=0.9)
-    parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (0 = torch's default; 1 is faster on a busy CPU)",
+        "--max-length", type=int, default=23, help="prompt symbols; answers are max_length + 1"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per rollout batch")
+    parser.add_argument("--group", type=int, default=16, help="samples per prompt")
+    parser.add_argument("--engine", default="model-fp32")
+    parser.add_argument("--variant", default="dppo_binary_tv")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as cache:
         config = SequenceConfig(
-            task=args.task,
+            task="reverse",
             max_length=args.max_length,
-            vocab_size=args.vocab_size,
             prompts_per_step=args.prompts,
             group_size=args.group,
-            num_minibatches=args.minibatches,
-            method=args.method,
             engine=args.engine,
-            steps=args.max_steps,
-            target_reward=args.target,
-            device=args.device,
+            variant=args.variant,
+            warm_start_steps=100,
             threads=args.threads,
-            seed=args.seed,
             cache_dir=cache,
         )
-        wall = time.perf_counter()
         trainer = SequenceTrainer(config)
-        warm_seconds = trainer.warm_start_seconds
-        rl_start = time.perf_counter()
-        table = trainer.train()
-        rl_seconds = time.perf_counter() - rl_start
-        total = time.perf_counter() - wall
-
-    tokens_per_warm_step = config.warm_start_batch * trainer.task.answer_length  # upper bound incl. padding
-    warm_tokens_per_s = config.warm_start_steps * tokens_per_warm_step / warm_seconds
-    reached = table["reward"].ge(args.target)
-    sample_tps = float(np.median(table["sample_tokens_per_s"]))
-    train_tps = float(np.median(table["train_tokens_per_s"]))
+    trainer.served.load_state_dict(trainer.policy.state_dict())
+    baseline, cached, training = [], [], []
+    for step in range(args.rounds):
+        trainer.sampler.begin_step(step)
+        start = time.perf_counter()
+        tokens = full_forward_collect(trainer)
+        baseline.append(tokens / (time.perf_counter() - start))
+        trainer.sampler.begin_step(step)
+        start = time.perf_counter()
+        batch = trainer.collect()
+        cached.append(batch.num_tokens / (time.perf_counter() - start))
+        start = time.perf_counter()
+        trainer.prepare(batch)
+        trainer.update(batch)
+        training.append(batch.num_tokens * config.epochs / (time.perf_counter() - start))
+    base, kv, train = (statistics.median(v) for v in (baseline, cached, training))
     print(
-        f"device={trainer.device} threads={torch.get_num_threads()} task={args.task} L<={args.max_length} "
-        f"V={args.vocab_size} params={trainer.policy.num_parameters():,} batch={args.prompts}x{args.group} "
-        f"minibatches={args.minibatches} method={args.method} engine={args.engine}"
+        f"reverse, {trainer.task.answer_length}-token answers, V={config.vocab_size}, "
+        f"params={trainer.policy.num_parameters():,}, batch={args.prompts}x{args.group}, engine={args.engine}, "
+        f"threads={torch.get_num_threads()}, medians of {args.rounds} interleaved rounds"
     )
+    print(f"sampling, full-forward decode (baseline): {base:10,.0f} answer tokens/s")
     print(
-        f"warm start: {config.warm_start_steps} steps in {warm_seconds:.1f} s; start reward greedy "
-        f"{trainer.warm_start_stats['start_reward_greedy']:.3f}, sampled (T = 1) "
-        f"{trainer.warm_start_stats['start_reward_sampled']:.3f}"
+        f"sampling, KV-cache decode:                {kv:10,.0f} answer tokens/s   ({kv / base:.1f}x the baseline)"
     )
-    if reached.any():
-        step = int(table.loc[reached.idxmax(), "step"])
-        print(
-            f"time-to-{args.target}: {rl_seconds:.1f} s of RL ({step} steps), {total:.1f} s including the warm start"
-        )
-    else:
-        print(
-            f"target {args.target} NOT reached in {len(table)} steps ({rl_seconds:.1f} s); "
-            f"last reward {table['reward'].iloc[-1]:.3f}"
-        )
-    print(f"sampling tokens/s (median over steps): {sample_tps:,.0f}")
-    print(f"training tokens/s (median over steps): {train_tps:,.0f}")
-    print(
-        f"baseline, teacher-forced warm-start training tokens/s: {warm_tokens_per_s:,.0f}; "
-        f"ratios sampling/baseline {sample_tps / warm_tokens_per_s:.2f}, training/baseline "
-        f"{train_tps / warm_tokens_per_s:.2f}"
-    )
+    print(f"training (π_old + {config.num_minibatches} mini-batches):   {train:10,.0f} answer tokens/s")
 
 
 if __name__ == "__main__":

@@ -51,14 +51,14 @@ pd.set_option("display.precision", 4)
 
 # the sizes of a run: the preset's binding settings, shrunk in quick mode
 if QUICK:
-    METHODS = ["ppo", "dppo_binary_tv", "pg_is"]
+    VARIANT_NAMES = ["ppo", "dppo_binary_tv", "pg_is"]
     SIZES = {"steps": 6, "vocab_size": 300, "num_contexts": 16, "contexts_per_step": 8, "group_size": 8}
 else:
-    METHODS = ["ppo", "ppo_clip_higher", "pg_is", "dppo_binary_tv", "dppo_binary_kl", "minirl"]
+    VARIANT_NAMES = ["ppo", "ppo_clip_higher", "pg_is", "dppo_binary_tv", "dppo_binary_kl", "minirl"]
     SIZES = {}
 BINDING = {**BANDIT_SETTINGS, **SIZES}
 print("binding settings:", BINDING)
-for name in METHODS:
+for name in VARIANT_NAMES:
     print(f"  {name:16s} {VARIANTS[name].description}")
 
 # %% [markdown]
@@ -79,8 +79,8 @@ def find_stored_table(name: str = "bandit-train") -> Path | None:
     return None
 
 
-def train(method: str, seed: int, settings: dict) -> pd.DataFrame:
-    config = BanditConfig(method=method, seed=seed, **settings)
+def train(variant: str, seed: int, settings: dict) -> pd.DataFrame:
+    config = BanditConfig(variant=variant, seed=seed, **settings)
     return BanditTrainer(config).train()
 
 
@@ -91,34 +91,34 @@ if stored is not None:
     if "engine" in binding.columns:
         binding = binding[binding["engine"] == BINDING["engine"]]
 else:
-    print("no stored sweep found: training", len(METHODS) * len(SEEDS), "runs")
-    binding = pd.concat([train(m, s, BINDING) for m in METHODS for s in SEEDS], ignore_index=True)
+    print("no stored sweep found: training", len(VARIANT_NAMES) * len(SEEDS), "runs")
+    binding = pd.concat([train(v, s, BINDING) for v in VARIANT_NAMES for s in SEEDS], ignore_index=True)
 binding["reward_curve"] = binding["reward_expected"] if "reward_expected" in binding else binding["reward"]
-binding[["method", "seed", "step", "reward", "tv_exact", "mask_frac", "ratio_clip_frac", "chi2"]].tail()
+binding[["variant", "seed", "step", "reward", "tv_exact", "mask_frac", "ratio_clip_frac", "chi2"]].tail()
 
 # %% [markdown]
 # ## 2. The region binds: reward and exact divergence over training
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
-sns.lineplot(data=binding, x="step", y="reward_curve", hue="method", ax=axes[0])
+sns.lineplot(data=binding, x="step", y="reward_curve", hue="variant", ax=axes[0])
 axes[0].set_ylabel("expected reward of π")
-sns.lineplot(data=binding, x="step", y="tv_exact", hue="method", ax=axes[1], legend=False)
+sns.lineplot(data=binding, x="step", y="tv_exact", hue="variant", ax=axes[1], legend=False)
 axes[1].set(yscale="log", ylabel="exact TV(μ, π), mean over mini-batches")
-sns.lineplot(data=binding, x="step", y="mask_frac", hue="method", ax=axes[2], legend=False)
+sns.lineplot(data=binding, x="step", y="mask_frac", hue="variant", ax=axes[2], legend=False)
 axes[2].set_ylabel("mask_frac (dropped / tokens with Â ≠ 0)")
 plt.show()
 
 # %%
 last_steps = binding["step"] > 0.8 * binding["step"].max()  # the last fifth of training, all seeds
-summary = binding.groupby("method").agg(
+summary = binding.groupby("variant").agg(
     mean_tv_exact=("tv_exact", "mean"),
     max_tv_exact=("tv_exact", "max"),
     mask_frac=("mask_frac", "mean"),
     ratio_clip_frac=("ratio_clip_frac", "mean"),
-    prob_diff_max=("prob_diff_max", "max"),
+    mismatch_max=("mismatch_max", "max"),
 )
-summary.insert(0, "final_reward", binding[last_steps].groupby("method")["reward_curve"].mean())
+summary.insert(0, "final_reward", binding[last_steps].groupby("variant")["reward_curve"].mean())
 summary.sort_values("mean_tv_exact")
 
 # %% [markdown]
@@ -133,9 +133,9 @@ summary.sort_values("mean_tv_exact")
 
 # %%
 assert (binding["mask_frac"] > 0).any(), "in the binding regime some mask must fire"
-if "pg_is" in set(binding["method"]):
-    assert (binding.loc[binding["method"] == "pg_is", "mask_frac"].fillna(0) == 0).all()
-start = binding.groupby("method")["tv_exact_start"].mean()
+if "pg_is" in set(binding["variant"]):
+    assert (binding.loc[binding["variant"] == "pg_is", "mask_frac"].fillna(0) == 0).all()
+start = binding.groupby("variant")["tv_exact_start"].mean()
 print("mean exact TV before the first update of each step (engine mismatch alone):")
 print(start.to_string())
 
@@ -155,14 +155,14 @@ one_pass_settings = {
     "engine": "none",
     "steps": 3 if QUICK else 10,
 }
-one_pass = pd.concat([train(m, 0, one_pass_settings) for m in METHODS], ignore_index=True)
-one_pass[["method", "step", "reward", "tv_exact", "chi2", "mismatch_k1", "mask_frac", "ratio_clip_frac"]]
+one_pass = pd.concat([train(v, 0, one_pass_settings) for v in VARIANT_NAMES], ignore_index=True)
+one_pass[["variant", "step", "reward", "tv_exact", "chi2", "mismatch_k1", "mask_frac", "ratio_clip_frac"]]
 
 # %%
 assert (one_pass["chi2"] == 0).all() and (one_pass["mismatch_k1"] == 0).all(), "ratio is not exactly 1"
 assert (one_pass["tv_exact"] == 0).all()
 assert (one_pass["mask_frac"].fillna(0) == 0).all() and (one_pass["ratio_clip_frac"].fillna(0) == 0).all()
-same = one_pass.pivot_table(index="step", columns="method", values="reward_expected")
+same = one_pass.pivot_table(index="step", columns="variant", values="reward_expected")
 assert np.allclose(same.to_numpy(), same.to_numpy()[:, :1]), "methods diverged although no mask fired"
 print("one pass, exact engine: r ≡ 1, mask_frac ≡ 0, and all methods follow the identical trajectory:")
 print(same.to_string())
@@ -175,7 +175,8 @@ print(same.to_string())
 #
 # 1. Keep one pass per batch but switch the engine back to `"moe"`. Which metrics become non-zero, and can a
 #    mask fire now? Does it fire more for `ppo` or for `dppo_binary_tv`?
-# 2. In the binding regime, which variant lets `prob_diff_max` (the largest |π(a) − μ(a)| of a step) grow the most?
+# 2. In the binding regime, which variant lets `mismatch_max` (the largest π(a) − μ(a) of a step's batch, at the
+#    weights the engine served) grow the most?
 #    Relate it to the paper's Fig. 3 (PG-IS max |π − μ| → 1).
 # 3. `minirl` anchors the ratio clip on the recomputed π_old instead of μ. With `engine="none"` and one epoch,
 #    how does it differ from `ppo`? And with a mismatched engine?
@@ -189,8 +190,8 @@ print(same.to_string())
 #    and a mask can fire on the first (and only) mini-batch. Ratio clipping fires on rare tokens whose ratio the
 #    engine noise pushes past 1 ± ε (notebook 03: a few per cent of tokens with the "moe" engine); Binary TV
 #    fires only when a token's probability moved by more than δ = 0.15, which engine noise alone rarely does.
-# 2. Read `prob_diff_max` in the summary table. Without a region (`pg_is`) nothing stops a token's probability from
-#    running away within a step; a mask removes the gradient of tokens it sees moving out, though a tabular
+# 2. Read `mismatch_max` in the summary table. Without a region (`pg_is`) nothing stops a token's probability from
+#    running away; a mask removes the gradient of tokens it sees moving out, though a tabular
 #    policy can still move them through other tokens' gradients. The paper reports max |π − μ| → 1 for PG-IS on a
 #    1.5B model, followed by collapse (Fig. 3).
 # 3. With the exact engine and one mini-batch π_old = μ = π when the mask is evaluated, so `minirl` equals `ppo`.

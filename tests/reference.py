@@ -81,3 +81,31 @@ def divergence_drop(
 ):
     """DESIGN §2 DPPO rule: drop if Â > 0, D > high, π(a) > μ(a); or Â < 0, D > low, π(a) < μ(a)."""
     return ((adv > 0) & (d > high) & (pi_a > mu_a)) | ((adv < 0) & (d > low) & (pi_a < mu_a))
+
+
+def two_point_tv_kl(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact TV(μ, π) and KL(μ‖π) of two-token rows `[..., 2]` in closed form, valid for any finite logits.
+
+    With the half logit gaps a = x₀/2 − x₁/2 and b = y₀/2 − y₁/2 (exact halves, never overflowing):
+    μ₀ = σ(2a), log μ₀ = −softplus(−2a), log μ₁ = −softplus(2a) (likewise π with b), so
+    KL = 2 · Σ_i μ_i (h(∓b) − h(∓a)) with h(t) = softplus(2t)/2 = max(t, 0) + log1p(e^(−2|t|))/2, finite for
+    every finite t. The final doubling overflows to inf only where the true KL exceeds the float64 range.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    a = x[..., 0] / 2 - x[..., 1] / 2
+    b = y[..., 0] / 2 - y[..., 1] / 2
+
+    def h(t: np.ndarray) -> np.ndarray:
+        return np.maximum(t, 0.0) + np.log1p(np.exp(-2.0 * np.abs(t))) / 2
+
+    def sigmoid_2t(t: np.ndarray) -> np.ndarray:  # σ(2t) without overflow
+        e = np.exp(-2.0 * np.abs(t))
+        return np.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+    with np.errstate(over="ignore"):
+        mu0, mu1, pi0, pi1 = sigmoid_2t(a), sigmoid_2t(-a), sigmoid_2t(b), sigmoid_2t(-b)
+        half_kl = mu0 * (h(-b) - h(-a)) + mu1 * (h(b) - h(a))
+        kl_value = 2.0 * half_kl
+    # TV = |μ₀ − π₀| = |μ₁ − π₁|: take the pair of smaller masses, which carry no rounding from 1 − m
+    tv_value = np.where(a / 2 + b / 2 >= 0, np.abs(mu1 - pi1), np.abs(mu0 - pi0))
+    return tv_value, np.maximum(kl_value, 0.0)

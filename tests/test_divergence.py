@@ -8,6 +8,7 @@ moves every log-probability by that much, so no float32 computation can promise 
 from __future__ import annotations
 
 import math
+import warnings
 
 import mpmath as mp
 import numpy as np
@@ -295,6 +296,10 @@ def test_compiled_kernel_matches_eager():
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="logits must be finite"):
         D.kl(xt, yt.index_fill(1, torch.tensor([3]), float("inf")), compiled=True)
+    # a chunk with logits near the float32 range takes the overflow-safe float64 path after the compiled kernel
+    hx, hy = (torch.tensor(r, dtype=torch.float32) for r in huge_rows(3e38))
+    for eager, compiled in zip(D.exact_tv_kl(hx, hy), D.exact_tv_kl(hx, hy, compiled=True)):
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -360,3 +365,273 @@ def test_empty_batches_give_empty_results():
     empty = np.zeros((0, 7))
     assert D.tv(empty, empty).shape == (0,) and D.kl(empty, empty).shape == (0,)
     assert D.topk_tv(np.zeros((0, 2)), np.zeros((0, 2), dtype=np.int64), empty).shape == (0,)
+
+
+# --------------------------------------------------------------------------------- extreme finite logits
+# Two-token rows have a closed form (tests/reference.py: two_point_tv_kl) valid for any finite logits.
+HUGE = {torch.float64: 1e308, torch.float32: 3e38, torch.bfloat16: 1e38, torch.float16: 6e4}
+
+
+def huge_rows(h: float) -> tuple[np.ndarray, np.ndarray]:
+    """μ and π logit rows `[8, 2]` at ±h: certain vs uniform, opposite certainties, uniform vs certain, a tiny
+    μ mass against a π log-prob of −2h, equal rows, and small gaps on a huge common offset."""
+    x = [[h, -h], [h, -h], [-h, -h], [0.0, -100.0], [h, h], [h, -h], [-h, -h], [0.0, -1.0]]
+    y = [[0.0, 0.0], [-h, h], [h, -h], [h, -h], [h, h], [h, -h], [-h, 0.0], [-h, h]]
+    return np.array(x), np.array(y)
+
+
+@pytest.mark.parametrize("dtype", list(HUGE))
+def test_huge_finite_logits_match_the_closed_form(dtype):
+    x, y = huge_rows(HUGE[dtype])
+    xt, yt = torch.tensor(x).to(dtype), torch.tensor(y).to(dtype)
+    want_tv, want_kl = ref.two_point_tv_kl(xt.double().numpy(), yt.double().numpy())
+    # asked for float64, the estimate is the float64 value of the given logits; in the input dtype it is that
+    # value rounded (inf only where the true value exceeds the dtype's range)
+    rtol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 1e-3}[dtype]
+    # (TV's absolute error is that of its float64 probabilities, ~1e-16: the tiny row's 3.7e-44 is not resolved)
+    for out_dtype, tolerance in ((torch.float64, 1e-12), (None, rtol)):
+        tv_both, kl_both = D.exact_tv_kl(xt, yt, dtype=out_dtype)
+        for got, want in ((D.tv(xt, yt, dtype=out_dtype), want_tv), (D.kl(xt, yt, dtype=out_dtype), want_kl)):
+            assert got.dtype == (out_dtype or dtype)
+            assert not torch.isnan(got).any()
+            want_t = torch.tensor(want).to(out_dtype or dtype).double().numpy()
+            np.testing.assert_allclose(got.double().numpy(), want_t, rtol=tolerance, atol=1e-15)
+        torch.testing.assert_close(tv_both, D.tv(xt, yt, dtype=out_dtype), rtol=0, atol=0)
+        torch.testing.assert_close(kl_both, D.kl(xt, yt, dtype=out_dtype), rtol=0, atol=0)
+
+
+def test_huge_logits_in_wide_rows_match_the_reference():
+    """±3e38 float32 logits among ordinary ones: the exact divergences equal the float64 reference."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(0, 3, (5, 40)).astype(np.float32)
+    y = (x + rng.normal(0, 0.3, x.shape)).astype(np.float32)
+    x[0, 3], y[1, 7], x[2, :4], y[3, 0], y[3, 1] = 3e38, -3e38, -3e38, 3e38, -3e38
+    tv64, kl64 = D.exact_tv_kl(x, y, dtype=torch.float64)
+    np.testing.assert_allclose(tv64, ref.tv(x, y), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(kl64, ref.kl(x, y), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(D.kl(x, y), ref.kl(x, y).astype(np.float32), rtol=1e-6)
+    for chunk in (1, 40, 120):
+        np.testing.assert_array_equal(D.kl(x, y, chunk_elements=chunk, dtype=torch.float64), kl64)
+
+
+def test_topk_of_huge_logits_is_right_or_rejected():
+    """Two-token rows with K = 1: the partition {0}, {1} is the whole vocabulary, so Top-K equals the exact
+    divergence (closed form), given μ's log-prob of token 0 exactly: −log(1 + e^−(x₀ − x₁))."""
+    x, y = huge_rows(3e38)
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    x64 = x32.astype(np.float64)
+    reported = -np.logaddexp(0.0, -(x64[:, :1] - x64[:, 1:]))
+    ids = np.zeros((len(x), 1), dtype=np.int64)
+    want_tv, want_kl = ref.two_point_tv_kl(x64, y32.astype(np.float64))
+    np.testing.assert_allclose(
+        D.topk_kl(reported, ids, y32, dtype=torch.float64), want_kl, rtol=1e-12, atol=1e-15
+    )
+    np.testing.assert_allclose(
+        D.topk_tv(reported, ids, y32, dtype=torch.float64), want_tv, rtol=1e-12, atol=1e-15
+    )
+    # in float32 the reported log-prob −3.7e-44 of the tiny-mass row is subnormal (precision 1.4e-45): 2 % off
+    got32 = D.topk_kl(reported.astype(np.float32), ids, y32)
+    with np.errstate(over="ignore"):  # 6e38 does not fit float32: inf, as the estimate must be too
+        want32 = want_kl.astype(np.float32)
+    np.testing.assert_allclose(got32, want32, rtol=1e-6, atol=1e-6)
+    # float64 logits whose row spans more than the float64 range have log-probabilities below −1.8e308
+    with pytest.raises(ValueError, match=r"logits .*float64 range"):
+        D.topk_kl(np.zeros((1, 1)), np.zeros((1, 1), dtype=np.int64), np.array([[1e308, -1e308]]))
+    with pytest.raises(ValueError, match=r"old_logits .*float64 range"):
+        D.token_logprobs(np.array([[1e308, -1e308]]), np.array([[1]]), names={"logits": "old_logits"})
+
+
+# ----------------------------------------------------------------- Top-K rest below the input's resolution
+SET_RULES = ("topk", "topk_plus_sampled", "topk_replace_last")
+
+
+def set_rule_ids(lmu: np.ndarray, a: np.ndarray, k: int, rule: str) -> np.ndarray:
+    """The engine's reported ids under a set rule (DESIGN §2); −1 marks an unused slot."""
+    if rule == "topk_plus_sampled":
+        return topk_set(lmu, a, k)
+    top = np.argsort(-lmu, axis=-1, kind="stable")[:, :k]
+    if rule == "topk_replace_last":
+        missing = ~(top == a[:, None]).any(-1)
+        top[missing, -1] = a[missing]
+    return top
+
+
+@pytest.mark.parametrize("rule", SET_RULES)
+@pytest.mark.parametrize("v", [2, 3])
+def test_float32_topk_with_an_unresolved_rest_stays_within_float32_precision(v, rule):
+    """V = 2–3, logits spread over 200, float32: the rest bucket under μ is far below what float32 log-probs
+    resolve (≈ 6e-8). The float64 Top-K values are ≈ 1e-26; float32 must stay within 1e-5 of them."""
+    rng = np.random.default_rng(100 * v + len(rule))
+    n = 300
+    x = rng.uniform(-100.0, 100.0, (n, v))
+    x[: v + 1] = [np.linspace(100.0, -100.0, v)[np.roll(np.arange(v), i)] for i in range(v + 1)]
+    move = rng.choice([0.0, 1e-3, 0.1, 2.0], (n, 1))
+    y = x + move * rng.normal(size=(n, v))
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    lmu = ref.logprobs(x32)
+    a = sampled_tokens(rng, lmu)
+    for k in sorted({v - 1, v}):
+        ids = set_rule_ids(lmu, a, k, rule)
+        reported = gather(lmu, ids).astype(np.float32)
+        got_kl, got_tv = D.topk_kl(reported, ids, y32), D.topk_tv(reported, ids, y32)
+        assert got_kl.dtype == np.float32 and np.isfinite(got_kl).all()
+        assert np.abs(got_kl - ref.topk_kl(x32, y32, ids)).max() <= 1e-5
+        assert np.abs(got_tv - ref.topk_tv(x32, y32, ids)).max() <= 1e-6
+        # the same inputs in float64 reach float64 accuracy
+        got64 = D.topk_kl(gather(lmu, ids), ids, y32.astype(np.float64))
+        np.testing.assert_allclose(got64, ref.topk_kl(x32, y32, ids), rtol=1e-9, atol=1e-12)
+
+
+def test_topk_with_every_id_has_no_rest_bucket_in_float32():
+    rng = np.random.default_rng(31)
+    x = rng.uniform(-100.0, 100.0, (50, 3)).astype(np.float32)
+    y = (x + rng.normal(0, 0.5, x.shape)).astype(np.float32)
+    ids = np.tile(np.array([2, 0, 1]), (50, 1))
+    reported = gather(ref.logprobs(x), ids).astype(np.float32)
+    assert np.abs(D.topk_kl(reported, ids, y) - ref.kl(x, y)).max() <= 1e-5
+    assert np.abs(D.topk_tv(reported, ids, y) - ref.tv(x, y)).max() <= 1e-6
+
+
+# ------------------------------------------------------------------------------------- output dtype (dtype=)
+def test_dtype_float64_computes_from_the_given_values_without_rounding():
+    """dtype=torch.float64 returns the float64 value of the estimate for bf16/fp16/fp32 inputs (issue: masks
+    compare divergences with their thresholds in float64)."""
+    rng = np.random.default_rng(41)
+    x, y = make_pair(rng, 6, 300, "zipf", 0.3)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        xt, yt = torch.tensor(x).to(dtype), torch.tensor(y).to(dtype)
+        x64, y64 = xt.double().numpy(), yt.double().numpy()
+        for fn, want in ((D.tv, ref.tv(x64, y64)), (D.kl, ref.kl(x64, y64))):
+            got = fn(xt, yt, dtype=torch.float64)
+            assert got.dtype == torch.float64
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-15)
+        lmu64, lpi64 = ref.logprobs(x64), ref.logprobs(y64)
+        lmu_a = torch.tensor(lmu64[:, 0]).to(dtype)
+        lpi_a = torch.tensor(lpi64[:, 0]).to(dtype)
+        m64, p64 = lmu_a.double().numpy(), lpi_a.double().numpy()
+        for fn, want in (
+            (D.binary_tv, ref.binary_tv(m64, p64)),
+            (D.abs_ratio_dev, np.abs(np.expm1(p64 - m64))),
+            (D.kl_k1, m64 - p64),
+            (D.kl_k2, 0.5 * (p64 - m64) ** 2),
+            (D.kl_k3, np.expm1(p64 - m64) - (p64 - m64)),
+        ):
+            got = fn(lmu_a, lpi_a, dtype=torch.float64)
+            assert got.dtype == torch.float64
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-300)
+        # Binary KL keeps the rest-bucket floor of the inputs' dtype (their resolution), whatever the output
+        bkl = D.binary_kl(lmu_a, lpi_a, dtype=torch.float64)
+        assert bkl.dtype == torch.float64
+        torch.testing.assert_close(bkl.to(dtype), D.binary_kl(lmu_a, lpi_a), rtol=0, atol=0)
+        ids = torch.tensor(np.argsort(-lmu64, axis=-1)[:, :5])
+        reported = torch.tensor(gather(lmu64, ids.numpy())).to(dtype)
+        for fn in (D.topk_tv, D.topk_kl):
+            got = fn(reported, ids, yt, dtype=torch.float64)
+            assert got.dtype == torch.float64
+            # the float64 value of the estimate from the given (rounded) inputs
+            torch.testing.assert_close(got, fn(reported.double(), ids, yt.double()), rtol=1e-12, atol=1e-15)
+
+
+def test_dtype_is_validated_and_numpy_outputs_follow_it():
+    x = np.zeros((2, 5), dtype=np.float32)
+    out = D.kl(x, x, dtype=torch.float64)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64
+    assert D.tv(x.astype(np.float64), x.astype(np.float64), dtype=torch.float32).dtype == np.float32
+    for bad in ("float64", np.float64, torch.int64, torch.complex64):
+        with pytest.raises(TypeError, match="dtype"):
+            D.tv(x, x, dtype=bad)
+        with pytest.raises(TypeError, match="dtype"):
+            D.binary_kl(np.zeros(2), np.zeros(2), dtype=bad)
+
+
+# ---------------------------------------------------------------------------------------- token_logprobs
+def test_token_logprobs_gathers_log_softmax_with_padding():
+    rng = np.random.default_rng(51)
+    x = rng.normal(0, 3, (2, 3, 50))
+    ids = rng.integers(-1, 50, (2, 3, 4))
+    want = np.where(ids >= 0, np.take_along_axis(ref.logprobs(x), np.maximum(ids, 0), -1), -np.inf)
+    got = D.token_logprobs(x, ids)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == (2, 3, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    for chunk in (1, 49, 10_000):
+        np.testing.assert_array_equal(D.token_logprobs(x, ids, chunk_elements=chunk), got)
+    for dtype in (torch.float32, torch.bfloat16):
+        xt = torch.tensor(x).to(dtype)
+        out = D.token_logprobs(xt, torch.tensor(ids))
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
+        want_t = np.where(
+            ids >= 0, np.take_along_axis(ref.logprobs(xt.double().numpy()), np.maximum(ids, 0), -1), -np.inf
+        )
+        np.testing.assert_allclose(out.numpy(), want_t, rtol=1e-6, atol=1e-6)
+    assert D.token_logprobs(np.zeros((0, 5)), np.zeros((0, 2), dtype=np.int64)).shape == (0, 2)
+
+
+def test_token_logprobs_rejects_bad_input_naming_the_argument():
+    x = np.zeros((2, 5))
+    with pytest.raises(ValueError, match=r"ids must be token ids in \[0, 5\)"):
+        D.token_logprobs(x, np.array([[0], [5]]))
+    with pytest.raises(ValueError, match=r"topk_ids must be token ids in \[0, 5\)"):
+        D.token_logprobs(x, np.array([[0], [-2]]), names={"ids": "topk_ids"})
+    with pytest.raises(TypeError, match="ids must be an integer array"):
+        D.token_logprobs(x, np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="ids must have shape"):
+        D.token_logprobs(x, np.zeros((3, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match="old_logits must be finite"):
+        D.token_logprobs(
+            np.where(np.eye(2, 5) > 0, np.nan, 0.0),
+            np.zeros((2, 1), dtype=np.int64),
+            names={"logits": "old_logits"},
+        )
+    with pytest.raises(ValueError, match="names"):
+        D.token_logprobs(x, np.zeros((2, 1), dtype=np.int64), names={"rollout_logits": "x"})
+
+
+def test_names_rename_the_arguments_in_errors():
+    x = np.zeros((2, 5))
+    bad = np.where(np.eye(2, 5) > 0, np.nan, 0.0)
+    with pytest.raises(ValueError, match="old_logits must be finite"):
+        D.kl(bad, x, names={"rollout_logits": "old_logits"})
+    with pytest.raises(ValueError, match="old_logits and logits must have the same shape"):
+        D.tv(np.zeros((2, 4)), x, names={"rollout_logits": "old_logits"})
+    with pytest.raises(ValueError, match="old_topk_logprobs must be log-probabilities"):
+        D.topk_kl(
+            np.full((2, 1), 0.5),
+            np.zeros((2, 1), dtype=np.int64),
+            x,
+            names={"rollout_topk_logprobs": "old_topk_logprobs"},
+        )
+    with pytest.raises(TypeError, match="names"):
+        D.tv(x, x, names=[("logits", "y")])
+
+
+# -------------------------------------------------------------------------------------- plain arguments
+@pytest.mark.parametrize("bad", [1.5, True, "abc", np.float64(8.0)])
+def test_chunk_elements_must_be_an_int(bad):
+    x = np.zeros((2, 5))
+    ids = np.zeros((2, 1), dtype=np.int64)
+    lp = np.log(np.full((2, 1), 0.2))
+    calls = (
+        lambda: D.tv(x, x, chunk_elements=bad),
+        lambda: D.kl(x, x, chunk_elements=bad),
+        lambda: D.exact_tv_kl(x, x, chunk_elements=bad),
+        lambda: D.topk_tv(lp, ids, x, chunk_elements=bad),
+        lambda: D.topk_kl(lp, ids, x, chunk_elements=bad),
+        lambda: D.token_logprobs(x, ids, chunk_elements=bad),
+    )
+    for call in calls:
+        with pytest.raises(TypeError, match="chunk_elements"):
+            call()
+    with pytest.raises(TypeError, match="compiled"):
+        D.tv(x, x, compiled="yes")
+
+
+def test_logprobs_requiring_grad_are_checked_without_warnings():
+    from trustregion_lab._arrays import check_logprobs
+
+    lp = torch.log_softmax(torch.randn(4, 6), -1)[:, 0].clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = check_logprobs(lp, "logprob")
+        D.binary_kl(lp.detach() - 0.1, lp)
+        D.kl_k3(lp.detach() - 0.1, lp, dtype=torch.float64)
+    assert out.requires_grad  # the validated tensor still carries the caller's graph (losses need it)

@@ -13,6 +13,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import trustregion_lab  # noqa: F401  (registers the environments)
 from trustregion_lab.envs import (
+    MAX_VOCAB_SIZE,
     LargeVocabBanditVectorEnv,
     TokenSequenceTask,
     choose_tokens_by_rank,
@@ -489,3 +490,99 @@ BAD_INPUTS = [
 def test_bad_input_raises_naming_the_argument(call, error: type[Exception], argument: str) -> None:
     with pytest.raises(error, match=argument):
         call()
+
+
+# ------------------------------------------------------------------------------------------- size limits
+def test_bandit_vocab_size_above_the_limit_is_refused_with_its_memory() -> None:
+    assert MAX_VOCAB_SIZE == 262_144
+    make_bandit_problem(vocab_size=MAX_VOCAB_SIZE, num_contexts=1)  # the limit itself is allowed
+    for call in (
+        lambda: make_bandit_problem(vocab_size=MAX_VOCAB_SIZE + 1, num_contexts=4),
+        lambda: gym.make(BANDIT, vocab_size=50_000_000),
+        lambda: gym.make_vec(BANDIT, num_envs=2, vectorization_mode="vector_entry_point", vocab_size=10**9),
+    ):
+        with pytest.raises(ValueError, match=r"vocab_size must be <= 262,144.*(MiB|GiB)"):
+            call()
+
+
+def test_bandit_problem_memory_above_the_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"num_contexts.*vocab_size.*GiB"):
+        make_bandit_problem(vocab_size=MAX_VOCAB_SIZE, num_contexts=100_000)
+    with pytest.raises(ValueError, match=r"num_contexts.*vocab_size.*GiB"):
+        make_bandit_problem(vocab_size=MAX_VOCAB_SIZE, num_contexts=3_000, reward_mode="table")
+
+
+def test_correct_rank_range_above_the_vocabulary_names_the_vocabulary_size() -> None:
+    with pytest.raises(ValueError, match=r"correct_rank_range.*\(3, 20\).*vocab_size = 10"):
+        make_bandit_problem(vocab_size=10, num_contexts=2, correct_rank_range=(3, 20))
+
+
+# ---------------------------------------------------------------------------------------- torch actions
+def test_single_envs_accept_zero_dim_torch_actions_like_the_vector_env() -> None:
+    torch = pytest.importorskip("torch")
+    for action in (torch.tensor(3), torch.tensor(3, dtype=torch.int32), np.int16(3), np.array(3)):
+        env = gym.make(BANDIT, vocab_size=10, num_contexts=2).unwrapped
+        env.reset(seed=0)
+        reference = gym.make(BANDIT, vocab_size=10, num_contexts=2).unwrapped
+        reference.reset(seed=0)
+        assert env.step(action) == reference.step(3)
+        seq = gym.make(SEQUENCE, vocab_size=50).unwrapped
+        seq.reset(seed=0)
+        seq_reference = gym.make(SEQUENCE, vocab_size=50).unwrapped
+        seq_reference.reset(seed=0)
+        got, want = seq.step(action), seq_reference.step(3)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[1:4] == want[1:4]
+    vector = gym.make_vec(BANDIT, num_envs=2, vectorization_mode="vector_entry_point", vocab_size=10)
+    vector.reset(seed=0)
+    vector.step(torch.tensor([3, 4]))
+    for bad, out_of_range, error in (
+        (torch.tensor(3.0), torch.tensor(3.0), TypeError),
+        (torch.tensor(True), torch.tensor(True), TypeError),
+        (torch.tensor([3]), torch.tensor([3]), TypeError),
+        (
+            torch.tensor(10),
+            torch.tensor(50),
+            ValueError,
+        ),  # outside the bandit's 10 / the sequence env's 50 ids
+    ):
+        with pytest.raises(error, match="action"):
+            _bandit_step(bad)
+        with pytest.raises(error, match="action"):
+            _sequence_step(out_of_range)
+
+
+def test_scratchpad_is_skipped_by_the_verifier_and_an_eos_inside_it_fails_the_format():
+    task = TokenSequenceTask("reverse", vocab_size=60, max_length=3, scratch_length=4, format_penalty=0.5)
+    assert task.answer_length == 4 + 3 + 1 and task.verified_length == 4
+    prompts = task._build_prompts(np.array([3, 2]), np.array([[1, 2, 3], [0, 4, 5]]))
+    verified = task.targets(prompts)
+    free = np.array([[17, 40, 5, 59], [9, 9, 9, 9]])
+    assert task.score(prompts, np.concatenate([free, verified], 1)).tolist() == [1.0, 1.0]
+    with_eos = free.copy()
+    with_eos[1, 2] = task.eos_id
+    assert task.score(prompts, np.concatenate([with_eos, verified], 1)).tolist() == [1.0, -0.5]
+    assert task.score(prompts, free).tolist() == [-0.5, -0.5]  # nothing after the scratchpad
+    shifted = np.concatenate([free[:, :3], verified], 1)  # scratchpad one token short: misread answer
+    assert (task.score(prompts, shifted) < 1).all()
+
+
+def test_scratchpad_demonstrations_follow_the_stated_zipf_law():
+    task = TokenSequenceTask("copy", vocab_size=300, max_length=2, scratch_length=6, scratch_zipf=1.5)
+    probs = task.scratch_probabilities()
+    assert probs[: task.symbol_offset].sum() == 0 and np.isclose(probs.sum(), 1.0)
+    ranked = probs[task.scratch_ids_by_rank()]
+    np.testing.assert_allclose(ranked[1:] / ranked[:-1], (np.arange(2, 297) / np.arange(1, 296)) ** -1.5)
+    rng = np.random.default_rng(0)
+    prompts = task.sample_prompts(rng, 20_000)
+    demos = task.demonstrations(rng, prompts)
+    assert demos.shape == (20_000, task.answer_length)
+    np.testing.assert_array_equal(demos[:, 6:], task.targets(prompts))
+    counts = np.bincount(demos[:, :6].ravel(), minlength=300) / demos[:, :6].size
+    top = task.scratch_ids_by_rank()[:5]
+    assert (np.abs(counts[top] - probs[top]) < 4 * np.sqrt(probs[top] / demos[:, :6].size)).all()
+    assert (task.score(prompts, demos) == 1.0).all()
+    no_scratch = TokenSequenceTask("copy", vocab_size=300, max_length=2)
+    np.testing.assert_array_equal(
+        no_scratch.demonstrations(rng, prompts[:5]), no_scratch.targets(prompts[:5])
+    )

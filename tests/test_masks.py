@@ -33,6 +33,8 @@ def reference_keep(method, x, y, lmu, lpi, a, ids, adv, low, high):
         return np.ones(n, dtype=bool)
     if method == "ppo":
         return ~ref.ppo_drop(pi_a / mu_a, adv, low, high)
+    if method == "ppo_relaxed":  # the paper's §6: no clip for tokens with μ(a) < 0.1
+        return ~(ref.ppo_drop(pi_a / mu_a, adv, low, high) & (mu_a >= 0.1))
     d = {
         "dppo_binary_tv": lambda: ref.binary_tv(np.log(mu_a), np.log(pi_a)),
         "dppo_binary_kl": lambda: ref.binary_kl(np.log(mu_a), np.log(pi_a)),
@@ -194,13 +196,13 @@ def test_torch_in_torch_out_and_numpy_agree():
 def test_bad_inputs_raise_naming_the_argument():
     lp = np.log([0.5, 0.25])
     kw = {"logprob": lp, "rollout_logprob": lp, "advantages": np.ones(2), "low": 0.2, "high": 0.2}
-    with pytest.raises(ValueError, match="unknown method 'ppo2'"):
+    with pytest.raises(ValueError, match=r"method must be one of .*got 'ppo2'"):
         trust_region_mask("ppo2", **kw)
-    with pytest.raises(TypeError, match="method must be a string"):
+    with pytest.raises(TypeError, match="method must be a str"):
         trust_region_mask(None, **kw)
-    with pytest.raises(ValueError, match="low must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="low must be >= 0"):
         trust_region_mask("ppo", **{**kw, "low": -0.1})
-    with pytest.raises(ValueError, match="high must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="high must be a finite number"):
         trust_region_mask("ppo", **{**kw, "high": math.nan})
     with pytest.raises(ValueError, match="needs topk_ids"):
         trust_region_mask("dppo_topk_tv", **kw)
@@ -208,7 +210,7 @@ def test_bad_inputs_raise_naming_the_argument():
         trust_region_mask("dppo_exact_kl", **kw, logits=np.zeros((2, 4)))
     with pytest.raises(ValueError, match="logits must have shape"):
         trust_region_mask("dppo_exact_kl", **kw, logits=np.zeros((3, 4)), rollout_logits=np.zeros((3, 4)))
-    with pytest.raises(ValueError, match="advantages must have shape"):
+    with pytest.raises(ValueError, match="advantages must have the shape of logprob"):
         trust_region_mask("ppo", **{**kw, "advantages": np.ones(3)})
     with pytest.raises(ValueError, match="advantages must be finite"):
         trust_region_mask("ppo", **{**kw, "advantages": np.array([1.0, np.inf])})
@@ -235,4 +237,95 @@ def test_out_of_range_ids_with_the_recompute_anchor_raise_before_indexing():
         trust_region_mask(
             "dppo_topk_tv", logprob=lp, rollout_logprob=lp, advantages=np.ones(2), low=0.1, high=0.1,
             topk_ids=np.array([[0, 9], [1, 2]]), logits=np.zeros((2, 4)), old_logprob=lp, old_logits=np.zeros((2, 4)),
+        )  # fmt: skip
+
+
+def test_a_registered_method_works_in_masks_losses_and_calibration(monkeypatch):
+    """One registry entry is the whole definition: masks, policy_loss's diagnostics and calibration use it."""
+    from trustregion_lab import masks
+    from trustregion_lab.analysis import calibration, confusion, sampled_tokens
+    from trustregion_lab.losses import policy_loss
+
+    def squared_gap(x):  # D = (π(a) − μ(a))², a made-up divergence
+        return (x.logprob.double().exp() - x.anchor_logprob.double().exp()) ** 2
+
+    monkeypatch.setitem(masks.METHODS, "dummy_sq", masks.MaskMethod("divergence", squared_gap, "tv"))
+    rng = np.random.default_rng(5)
+    x, y, lmu, lpi, a, _ids, adv = batch(rng, 500, 7, 1.0)
+    n = np.arange(500)
+    mu_a, pi_a = np.exp(lmu[n, a]), np.exp(lpi[n, a])
+    want = ~ref.divergence_drop((pi_a - mu_a) ** 2, pi_a, mu_a, adv, 0.01, 0.02)
+    got = trust_region_mask(
+        "dummy_sq", logprob=lpi[n, a], rollout_logprob=lmu[n, a], advantages=adv, low=0.01, high=0.02
+    )
+    np.testing.assert_array_equal(got, want)
+    assert 0 < (~want).sum() < 500
+    _, metrics = policy_loss(
+        "dummy_sq", logprob=lpi[n, a], rollout_logprob=lmu[n, a], advantages=adv,
+        response_mask=np.ones(500, bool), low=0.01, high=0.02,
+    )  # fmt: skip
+    assert metrics["mask_frac"] == pytest.approx((~want)[adv != 0].mean())
+    tokens = sampled_tokens(x, y, a[:, None], adv[:, None])
+    c = calibration.critical_thresholds(tokens, confusion.MaskSpec("dummy_sq", 0.0, 0.0))
+    outward = ((adv > 0) & (pi_a > mu_a)) | ((adv < 0) & (pi_a < mu_a))
+    np.testing.assert_allclose(c[outward], ((pi_a - mu_a) ** 2)[outward], rtol=1e-12)
+    assert np.isneginf(c[~outward]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", ["dppo_exact_tv", "dppo_exact_kl", "dppo_topk_tv", "dppo_topk_kl"])
+def test_low_precision_inputs_are_compared_with_the_threshold_in_float64(method, dtype):
+    """A divergence just above δ must drop the token whatever the input dtype (docs/design.md §2 numerics)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 2.0, (3000, 9))
+    y = x + rng.normal(0, 1.0, (3000, 9))
+    xt, yt = torch.tensor(x).to(dtype), torch.tensor(y).to(dtype)
+    x64, y64 = xt.double().numpy(), yt.double().numpy()  # the values the low-precision inputs hold
+    lmu, lpi = ref.logprobs(x64), ref.logprobs(y64)
+    a = np.argmax(np.abs(np.exp(lpi) - np.exp(lmu)), -1)
+    n = np.arange(3000)
+    ids = np.argsort(-lmu, -1)[:, :3]
+    ids = np.where(
+        (ids == a[:, None]).any(-1, keepdims=True), ids, np.concatenate([ids[:, :2], a[:, None]], -1)
+    )
+    lps = torch.tensor(np.take_along_axis(lmu, ids, -1)).to(dtype)  # what a low-precision engine reports
+    mu_set, pi_set = np.exp(lps.double().numpy()), np.exp(np.take_along_axis(lpi, ids, -1))
+    mu_rest, pi_rest = np.maximum(1 - mu_set.sum(-1), 0.0), np.maximum(1 - pi_set.sum(-1), 0.0)
+    d = {
+        "dppo_exact_tv": lambda: ref.tv(x64, y64),
+        "dppo_exact_kl": lambda: ref.kl(x64, y64),
+        "dppo_topk_tv": lambda: 0.5 * (np.abs(mu_set - pi_set).sum(-1) + np.abs(mu_rest - pi_rest)),
+        "dppo_topk_kl": lambda: (
+            (mu_set * np.log(mu_set / pi_set)).sum(-1) + mu_rest * np.log(mu_rest / pi_rest)
+        ),
+    }[method]()
+    delta = float(np.median(d))  # half the tokens sit above δ, many of them within bf16 rounding of it
+    adv = np.where(lpi[n, a] > lmu[n, a], 1.0, -1.0)  # every token moves outward
+    got = trust_region_mask(
+        method, logprob=torch.tensor(lpi[n, a]).to(dtype), rollout_logprob=torch.tensor(lmu[n, a]).to(dtype),
+        advantages=torch.tensor(adv).to(dtype), low=delta, high=delta, topk_ids=torch.tensor(ids),
+        rollout_topk_logprobs=lps, logits=yt, rollout_logits=xt,
+    )  # fmt: skip
+    near = np.abs(d - delta) < 0.01 * delta  # includes every token within low-precision rounding of δ
+    assert near.sum() >= 20
+    np.testing.assert_array_equal(got.numpy()[near], (d <= delta)[near])
+
+
+def test_errors_name_the_argument_the_caller_passed():
+    lp = np.log([0.5, 0.25, 0.125])
+    with pytest.raises(ValueError, match="logprob and rollout_logprob must have the same shape"):
+        trust_region_mask(
+            "ppo", logprob=lp, rollout_logprob=np.log([0.5] * 4), advantages=np.ones(4), low=0.2, high=0.2
+        )
+    bad = np.zeros((3, 4))
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="old_logits must be finite"):
+        trust_region_mask(
+            "dppo_exact_tv", logprob=lp, rollout_logprob=lp, advantages=np.ones(3), low=0.1, high=0.1,
+            logits=np.zeros((3, 4)), old_logprob=lp, old_logits=bad,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="needs old_logits"):
+        trust_region_mask(
+            "dppo_topk_tv", logprob=lp, rollout_logprob=lp, advantages=np.ones(3), low=0.1, high=0.1,
+            topk_ids=np.zeros((3, 1), int), rollout_topk_logprobs=lp[:, None], logits=np.zeros((3, 4)), old_logprob=lp,
         )  # fmt: skip

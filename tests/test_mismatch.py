@@ -99,7 +99,7 @@ def test_engine_logits_are_low_precision_log_softmax_of_rounded_logits(rng, prec
 
 def test_fp32_engine_without_noise_is_exact(rng):
     x = fresh_logits(rng, 8, 500)
-    out = RolloutEngine(ENGINE_PRESETS["exact"], seed=1).sample(x)
+    out = RolloutEngine(ENGINE_PRESETS["fp32"], seed=1).sample(x)
     np.testing.assert_allclose(out.engine_logits, log_softmax64(x), atol=2e-5, rtol=0)
 
 

@@ -1,12 +1,19 @@
-"""Figures drawn from stored tables: files exist, axes carry the expected labels and number of lines."""
+"""Figures drawn from stored tables: files exist, axes carry the expected labels and number of lines; each
+preset's figure function is found by name; bad results folders give one-line errors."""
 
 from __future__ import annotations
 
+import errno
+import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from trustregion_lab import plots, sweep
 from trustregion_lab.sweep import parse_grid_args, plan_sweep, run_sweep
@@ -41,12 +48,14 @@ def test_draw_figures_writes_every_analysis_figure_from_the_table_alone(default_
     only_table = tmp_path / "results"
     only_table.mkdir()
     shutil.copy(default_results / "table.csv", only_table / "table.csv")  # no sweep.json: tables only
-    written = plots.draw_figures(only_table, tmp_path / "figs")
-    names = sorted(p.name for p in written)
-    assert names == ["calibration.png", "estimators_by_mu.png", "masks_by_mu.png", "vocab_scaling.png"]
+    written = plots.draw_figures(only_table, tmp_path / "figs")  # the preset is named by the table's rows
+    names = [p.name for p in written]
+    assert names == ["estimators_by_mu.png", "masks_by_mu.png", "calibration.png", "vocab_scaling.png"]
     for path in written:
         assert path.stat().st_size > 10_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list((tmp_path / "figs").glob("*.tmp"))
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(
+        [*names, *(name.replace(".png", ".csv") for name in names)]
+    )
 
 
 def test_cli_draws_into_figures_dir(default_results, tmp_path, capsys):
@@ -110,13 +119,15 @@ def test_calibration_and_vocab_scaling_axes(default_results):
 def test_training_figure_from_a_synthetic_table(tmp_path):
     rng = np.random.default_rng(0)
     rows = []
-    for method in ("ppo", "dppo_binary_tv", "pg_is"):
+    caps = {"ppo": 10.0, "dppo_binary_tv": 10.0, "pg_is": float("inf")}  # filled in by the variant
+    for variant in ("ppo", "dppo_binary_tv", "pg_is"):
         for engine in ("none", "moe"):
             for seed in range(3):
                 for step in range(10):
                     rows.append(
                         {
-                            "method": method,
+                            "variant": variant,
+                            "ratio_cap": caps[variant],
                             "engine": engine,
                             "seed": seed,
                             "step": step,
@@ -125,17 +136,220 @@ def test_training_figure_from_a_synthetic_table(tmp_path):
                         }
                     )
     table = pd.DataFrame(rows)
-    fig = plots.plot_training(table, ["method", "engine"])
+    fig = plots.plot_training(table, ["variant", "ratio_cap", "engine"])
     axes = np.array(fig.axes).reshape(2, 2)
     assert [ax.get_title() for ax in axes[0]] == ["engine=moe", "engine=none"]
     for ax in axes.ravel():
         assert ax.get_xlabel() == "training step (policy updates)"
-        assert len(_data_lines(ax)) == 3  # one mean line per method
-        assert len(ax.collections) == 3  # one band over seeds per method
+        assert len(_data_lines(ax)) == 3  # one mean line per variant
+        assert len(ax.collections) == 3  # one band over seeds per variant
     assert axes[0, 0].get_ylabel() == "mean reward per sample"
     assert axes[1, 0].get_ylabel() == "exact TV(μ, π) (probability mass)"
+    summary = plots.training_summary(table, ["variant", "ratio_cap", "engine"])
+    assert list(summary.columns[:3]) == ["engine", "variant", "seeds"] and len(summary) == 6
     out = tmp_path / "train"
     out.mkdir()
     table.to_csv(out / "table.csv", index=False)
-    written = plots.draw_figures(out)
+    written = plots.draw_figures(out, figures=plots.training_figures)
     assert [p.name for p in written] == ["training_curves.png"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "figures" / "training_summary.csv"),
+        plots.training_summary(table, []),
+        check_dtype=False,
+    )
+
+
+def _stability_table(rng: np.random.Generator) -> pd.DataFrame:
+    """2 engines × 2 variants × 2 seeds × 30 steps; the exact engine has no mismatch (π = μ)."""
+    rows = []
+    for engine in ("bf16", "none"):
+        for variant in ("dppo_binary_tv", "pg_is"):
+            for seed in range(2):
+                for step in range(30):
+                    drift = 0.0 if engine == "none" else rng.uniform(1e-4, 1e-2)
+                    rows.append(
+                        {
+                            "engine": engine,
+                            "variant": variant,
+                            "ratio_cap": 10.0 if variant == "dppo_binary_tv" else float("inf"),
+                            "seed": seed,
+                            "step": step,
+                            "reward": rng.random(),
+                            "mismatch_mean": drift,
+                            "mismatch_max": 3 * drift,
+                        }
+                    )
+    table = pd.DataFrame(rows)
+    return table.sample(frac=1.0, random_state=1).reset_index(drop=True)  # the figure sorts by step itself
+
+
+def _rolling(values: np.ndarray, window: int, statistic) -> np.ndarray:
+    """Reference smoothing in float64: statistic over the last ``window`` values (fewer at the start)."""
+    return np.array([statistic(values[max(0, t - window + 1) : t + 1]) for t in range(len(values))])
+
+
+def test_stability_figure_from_a_synthetic_table(tmp_path):
+    table = _stability_table(np.random.default_rng(7))
+    fig = plots.plot_stability(table, ["variant", "ratio_cap", "engine"])
+    assert len(fig.axes) == 6
+    axes = np.array(fig.axes).reshape(2, 3)  # one row per engine, columns reward | mean |π − μ| | max (π − μ)
+    assert [[ax.get_title() for ax in row] for row in axes] == [["engine=bf16"] * 3, ["engine=none"] * 3]
+    assert axes[0, 0].get_ylabel() == "training reward (10-step rolling mean)"
+    assert axes[0, 1].get_ylabel().startswith("mean |π(a) − μ(a)|")
+    assert axes[0, 2].get_ylabel().startswith("max (π(a) − μ(a))")
+    for ax in axes.ravel():
+        assert ax.get_xlabel() == "training step (policy updates)"
+        assert len(_data_lines(ax)) == 2  # one mean line per variant
+        assert len(ax.collections) == 2  # one band (range over seeds) per variant
+    assert axes[0, 1].get_yscale() == "log" and axes[1, 1].get_yscale() == "linear"  # no mismatch: zeros
+    assert axes[0, 0].get_legend() is not None and axes[1, 2].get_legend() is None
+    ordered = table.sort_values("step")
+    for col, (metric, statistic) in enumerate((("reward", np.mean), ("mismatch_mean", np.median))):
+        for line, variant in zip(_data_lines(axes[0, col]), ("dppo_binary_tv", "pg_is"), strict=True):
+            runs = ordered[(ordered["engine"] == "bf16") & (ordered["variant"] == variant)]
+            per_seed = [
+                _rolling(runs.loc[runs["seed"] == seed, metric].to_numpy(np.float64), 10, statistic)
+                for seed in (0, 1)
+            ]
+            np.testing.assert_allclose(np.asarray(line.get_ydata(), float), np.mean(per_seed, axis=0))
+
+    out = tmp_path / "stability"
+    out.mkdir()
+    table.to_csv(out / "table.csv", index=False)
+    written = plots.draw_figures(out, figures=plots.stability_figures)
+    assert written == [out / "figures" / "stability_curves.png"]
+    assert written[0].stat().st_size > 10_000 and written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in (out / "figures").iterdir()] == ["stability_curves.png"]
+
+
+def test_stability_figure_facets_other_varying_columns_and_refuses_bad_tables():
+    table = _stability_table(np.random.default_rng(8))
+    table = pd.concat([table.assign(lr=1e-3), table.assign(lr=1e-2)], ignore_index=True)
+    fig = plots.plot_stability(table, ["engine", "lr", "ratio_cap"])
+    titles = [ax.get_title() for ax in fig.axes[::3]]
+    assert titles == [f"engine={e}, lr={lr}" for e in ("bf16", "none") for lr in (0.001, 0.01)]
+    with pytest.raises(ValueError, match=r"table: .* lacks \['mismatch_max'\]"):
+        plots.plot_stability(table.drop(columns="mismatch_max"))
+    with pytest.raises(ValueError, match="table: expected at least one row"):
+        plots.plot_stability(table.iloc[:0])
+    with pytest.raises(TypeError, match="table: expected a pandas DataFrame"):
+        plots.plot_stability(table.to_dict())
+
+
+def test_plots_reads_tables_only_and_runs_as_a_module():
+    code = (
+        "import sys, trustregion_lab.plots\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('trustregion_lab.analysis', 'trustregion_lab.train'))))"
+    )
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "[]"
+    helped = subprocess.run(
+        [sys.executable, "-m", "trustregion_lab.plots", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "RESULTS_DIR" in helped.stdout and "--figures-dir" in helped.stdout
+
+
+# ------------------------------------------------------------------------------------ figure functions
+def _two_outputs(table: pd.DataFrame, config_columns: list[str]) -> dict:
+    fig = Figure()
+    fig.subplots().plot(table["x"], table["y"])
+    return {"line.png": fig, "line.csv": table.assign(columns=",".join(config_columns))}
+
+
+def _results(tmp_path, manifest=None) -> Path:
+    out = tmp_path / "results"
+    out.mkdir()
+    pd.DataFrame({"x": [0, 1, 2], "y": [1.0, 3.0, 2.0], "k": ["a", "a", "a"]}).to_csv(
+        out / "table.csv", index=False
+    )
+    if manifest is not None:
+        (out / "sweep.json").write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    return out
+
+
+def test_draw_figures_saves_what_the_figure_function_returns(tmp_path):
+    out = _results(tmp_path, {"preset": "custom", "defaults": {"k": "a", "absent": 1}})
+    written = plots.draw_figures(out, figures=_two_outputs)
+    assert written == [out / "figures" / "line.png"]
+    assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stored = pd.read_csv(out / "figures" / "line.csv")
+    assert list(stored["columns"]) == ["k"] * 3  # the preset's parameters that are columns of the table
+    assert not [p for p in (out / "figures").iterdir() if p.suffix == ".tmp"]
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        {"line.csv": Figure()},
+        {"line.png": pd.DataFrame()},
+        {"line.txt": pd.DataFrame()},
+        {"../line.csv": pd.DataFrame()},
+    ],
+)
+def test_a_figure_function_with_bad_outputs_is_refused(tmp_path, outputs):
+    out = _results(tmp_path)
+    with pytest.raises((TypeError, ValueError), match="figure output"):
+        plots.draw_figures(out, figures=lambda table, columns: outputs)
+    assert not (tmp_path / "line.csv").exists()
+
+
+def test_the_preset_named_by_sweep_json_chooses_the_figures(default_results, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(default_results, copy)
+    manifest = json.loads((copy / "sweep.json").read_text())
+    manifest["preset"] = "vocab-scaling"  # its figure function draws only the vocabulary-scaling figure
+    (copy / "sweep.json").write_text(json.dumps(manifest))
+    table = pd.read_csv(copy / "table.csv")
+    table[table["analysis"] == "vocab-scaling"].to_csv(copy / "table.csv", index=False)
+    assert [p.name for p in plots.draw_figures(copy)] == ["vocab_scaling.png"]
+    manifest["preset"] = "no-such-preset"
+    (copy / "sweep.json").write_text(json.dumps(manifest))
+    with pytest.raises(plots.ResultsError, match="'no-such-preset', which is not a preset"):
+        plots.draw_figures(copy)
+
+
+def test_figures_of_the_default_preset_match_the_single_analysis_presets(default_results):
+    table = pd.read_csv(default_results / "table.csv", keep_default_na=False, na_values=["", "nan", "NaN"])
+    suite = plots.analysis_suite_figures(table, [])
+    part = table[table["analysis"] == "calibration"]
+    single = plots.calibration_figures(part, [])
+    assert list(suite)[4:6] == list(single) == ["calibration.png", "calibration.csv"]
+    pd.testing.assert_frame_equal(suite["calibration.csv"], single["calibration.csv"])
+    assert set(suite["calibration.csv"]["record"]) == {"curve", "match"}
+    assert (suite["estimators_by_mu.csv"]["stratum"] == "mu").all()
+
+
+# ----------------------------------------------------------------------------------------- CLI errors
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [("[1, 2]", "holds a JSON list, expected an object"), ("{not json", "is not valid JSON")],
+)
+def test_cli_sweep_json_that_is_not_an_object_exits_2(tmp_path, capsys, manifest, message):
+    out = _results(tmp_path, manifest)
+    with pytest.raises(SystemExit) as exc:
+        plots.main([str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and str(out / "sweep.json") in err and "Traceback" not in err
+
+
+def test_cli_figures_dir_that_is_a_file_exits_2(default_results, tmp_path, capsys):
+    target = tmp_path / "figures.png"
+    target.write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        plots.main([str(default_results), "--figures-dir", str(target)])
+    assert exc.value.code == 2
+    assert f"{target}: the figures folder is a file" in capsys.readouterr().err
+    assert target.read_text() == "not a folder"
+
+
+def test_cli_full_disk_exits_2_naming_the_path(default_results, tmp_path, capsys, monkeypatch):
+    def no_space(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(plots.common, "atomic_write_with", no_space)  # the writer behind every PNG
+    with pytest.raises(SystemExit) as exc:
+        plots.main([str(default_results), "--figures-dir", str(tmp_path / "f")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"no space left on {tmp_path / 'f' / 'estimators_by_mu.png'}" in err and "Traceback" not in err

@@ -1,4 +1,8 @@
-"""The sweep runner: grid parsing and expansion, resume, kill safety, CLI errors, the Ray backend."""
+"""The sweep runner: grid parsing and expansion, resume, kill safety, CLI errors, the Ray backend.
+
+Faults (corrupt run files, unwritable folders, a full disk, failing runs, a killed parent) are tested in
+tests/test_sweep_faults.py; the presets' validation in tests/test_sweep_presets.py.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from trustregion_lab import sweep
 from trustregion_lab.experiment import Preset
 from trustregion_lab.sweep import SweepConfigError, expand_grid, parse_grid_args, plan_sweep, run_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = str(Path(trustregion_lab.__file__).resolve().parents[1])  # subprocesses import the same code
 TINY_ANALYSIS = [
     "num_states=8",
     "vocab_size=96",
@@ -107,6 +111,9 @@ def test_run_writes_tidy_tables_and_resumes_only_missing_runs(tmp_path):
     assert sorted(zip(table["x"], table["seed"])) == sorted([(1, 0), (1, 1), (2, 0), (2, 1)] * 2)
     merged = pd.read_csv(out / "table.csv")
     assert len(merged) == 8
+    for spec in plan.runs:  # each run file has its record: row count and checksum
+        record = json.loads((out / "runs" / f"{spec.run_id}.json").read_text())
+        assert record["rows"] == 2 and record["seed"] == spec.seed and len(record["sha256"]) == 64
 
     # rerun: nothing recomputed; delete one run file: only that run is recomputed
     run_sweep(plan, out, progress=False)
@@ -128,17 +135,35 @@ def test_an_output_folder_of_another_configuration_is_refused_untouched(tmp_path
     preset = _counting_preset(log)
     run_sweep(plan_sweep(preset, {}, None), out, progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(SweepConfigError, match="another configuration"):
+    with pytest.raises(
+        SweepConfigError, match=r"another configuration \(4 finished runs .* y=0.5 \(requested 0.9\)"
+    ):
         run_sweep(plan_sweep(preset, {"y": [0.9]}, None), out, progress=False)
-    with pytest.raises(SweepConfigError, match="another configuration"):
-        run_sweep(plan_sweep(preset, {}, seeds=5), out, progress=False)
+    with pytest.raises(SweepConfigError, match=r"another configuration \(2 finished runs .* seed 1"):
+        run_sweep(plan_sweep(preset, {}, seeds=1), out, progress=False)  # would drop seed 1
+    other = Preset("other", "test", _counting_run, preset.defaults, preset.grid, seeds=2)
+    with pytest.raises(SweepConfigError, match="runs of preset 'counting', requested 'other'"):
+        run_sweep(plan_sweep(other, {}, None), out, progress=False)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert len(_calls(log)) == 4
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "notes.txt").write_text("mine")
     with pytest.raises(SweepConfigError, match="not a sweep folder"):
         run_sweep(plan_sweep(preset, {}, None), stray, progress=False)
     assert sorted(p.name for p in stray.iterdir()) == ["notes.txt"]
+
+
+def test_more_seeds_or_values_extend_a_folder_computing_only_the_new_runs(tmp_path):
+    log, out = tmp_path / "log", tmp_path / "out"
+    preset = _counting_preset(log)
+    run_sweep(plan_sweep(preset, {}, None), out, progress=False)  # x = 1, 2; seeds 0, 1
+    table = run_sweep(plan_sweep(preset, {"x": [1, 2, 3]}, seeds=3), out, progress=False)
+    new_calls = sorted(_calls(log)[4:])
+    assert new_calls == sorted(["1 0.5 2", "2 0.5 2", "3 0.5 0", "3 0.5 1", "3 0.5 2"])
+    assert len(table) == 2 * 9
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["seeds"] == 3 and manifest["grid"] == {"x": [1, 2, 3]} and len(manifest["runs"]) == 9
 
 
 def test_parallel_workers_give_the_same_table(tmp_path):
@@ -176,7 +201,7 @@ _SLOW_PRESET = textwrap.dedent(
 def test_sigkill_during_a_run_leaves_no_partial_file_and_rerun_completes_the_rest(tmp_path):
     (tmp_path / "slowpreset.py").write_text(_SLOW_PRESET)
     out, log = tmp_path / "out", tmp_path / "log"
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), PACKAGE_ROOT]))
     proc = subprocess.Popen(
         [sys.executable, str(tmp_path / "slowpreset.py"), str(out), str(log), "3"], env=env, cwd=tmp_path
     )
@@ -221,15 +246,20 @@ def test_sigkill_during_a_run_leaves_no_partial_file_and_rerun_completes_the_res
         (["--seeds", "0"], "--seeds"),
         (["--jobs", "0"], "--jobs"),
         (["--address", "auto"], "--backend ray"),
-        (["--preset", "estimators", "--grid", "family=nope"], "rejected its parameters"),
+        (
+            ["--preset", "estimators", "--grid", "family=nope"],
+            "rejects perturbation='mismatch': family must be",
+        ),
+        (["--preset", "masks", "--grid", "ratio_cap=0"], "ratio_cap must be > 0"),
     ],
 )
 def test_bad_cli_input_exits_with_code_2(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         sweep.main([*argv, "--out", str(tmp_path / "out"), "--quiet"])
     assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not list((tmp_path / "out").glob("runs/*.csv"))
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_cli_refuses_another_configuration_in_a_subprocess(tmp_path):
@@ -278,8 +308,9 @@ def test_help_and_list_presets(capsys):
     assert "python -m trustregion_lab.sweep --preset masks --grid vocab_size=4096,32768 family=" in text
     assert sweep.main(["--list-presets"]) == 0
     listing = capsys.readouterr().out
-    for name in ("default", "estimators", "masks", "calibration", "vocab-scaling"):
+    for name in ("default", "estimators", "masks", "calibration", "vocab-scaling", "bandit-train"):
         assert f"{name}  (" in listing
+    assert "default  (seeds: 1; figures: analysis_suite_figures)" in listing
 
 
 def test_analysis_presets_expose_scalar_parameters():

@@ -12,13 +12,19 @@ import torch
 from scipy.special import log_softmax, softmax
 
 from trustregion_lab.envs.bandit_problem import make_bandit_problem
+from trustregion_lab.losses import DESIGN_METRICS
 from trustregion_lab.train import VARIANTS, BanditConfig, BanditTrainer, SequenceConfig, SequenceTrainer
+from trustregion_lab.train.base import ROW_COLUMNS, TIMING_COLUMNS
+from trustregion_lab.train.batch import group_advantages
 from trustregion_lab.train.cli import build_parser, main
-from trustregion_lab.train.common import LOSS_METRICS, TIMING_COLUMNS, group_advantages
-from trustregion_lab.train.presets import COMPARED_VARIANTS, PRESETS
 
 REQUIRED_COLUMNS = [
+    "variant",
     "method",
+    "mismatch_mean",
+    "mismatch_max",
+    "mismatch_min",
+    "grad_norm_max",
     "seed",
     "step",
     "reward",
@@ -71,12 +77,12 @@ def _reference_step(logits0, contexts, tokens, rollout_logprob, advantages, *, m
 
 
 @pytest.mark.parametrize(
-    ("method", "low", "high"),
+    ("variant", "low", "high"),
     [("ppo", 0.004, 0.004), ("dppo_binary_tv", 0.002, 0.002), ("pg_is", None, None)],
 )
-def test_one_step_matches_float64_hand_computation(method, low, high):
+def test_one_step_matches_float64_hand_computation(variant, low, high):
     config = BanditConfig(
-        method=method,
+        variant=variant,
         low=low,
         high=high,
         ratio_cap=1.02,
@@ -90,12 +96,14 @@ def test_one_step_matches_float64_hand_computation(method, low, high):
     )
     trainer = BanditTrainer(config)
     trainer.sampler.begin_step(0)
-    batch, contexts = trainer.collect()
+    batch = trainer.collect()
+    contexts = trainer.contexts
     logits0 = trainer.policy.logits.detach().clone().numpy()
-    metrics = trainer.update(batch, contexts)
+    trainer.prepare(batch)
+    metrics = trainer.update(batch)
     grad = (logits0 - trainer.policy.logits.detach().numpy()).astype(np.float64) / config.lr
 
-    variant = config.variant
+    resolved = config.resolved_variant
     advantages = batch.advantages.numpy().astype(np.float64)
     assert (advantages != 0).any()
     ref_loss, ref_grad, keep = _reference_step(
@@ -104,12 +112,12 @@ def test_one_step_matches_float64_hand_computation(method, low, high):
         batch.tokens[:, 0].numpy(),
         batch.rollout_logprob[:, 0].numpy().astype(np.float64),
         advantages,
-        method=variant.method,
-        low=variant.low,
-        high=variant.high,
+        method=resolved.method,
+        low=resolved.low,
+        high=resolved.high,
         cap=config.ratio_cap,
     )
-    if method != "pg_is":
+    if variant != "pg_is":
         assert not keep.all(), "the thresholds should make the mask drop some tokens"
     np.testing.assert_allclose(metrics["loss"], ref_loss, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-3, atol=2e-6)
@@ -129,10 +137,10 @@ def test_group_advantages_match_numpy():
     )
 
 
-@pytest.mark.parametrize("method", sorted(VARIANTS))
-def test_short_bandit_run_raises_the_correct_token_probability(method):
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_short_bandit_run_raises_the_correct_token_probability(variant):
     config = BanditConfig(
-        method=method,
+        variant=variant,
         vocab_size=1000,
         num_contexts=8,
         contexts_per_step=8,
@@ -151,23 +159,25 @@ def test_short_bandit_run_raises_the_correct_token_probability(method):
     start = problem.expected_reward(softmax(problem.initial_logits.astype(np.float64), axis=-1)).mean()
     table = BanditTrainer(config).train()
     assert list(table.columns[: len(REQUIRED_COLUMNS)]) != [] and set(REQUIRED_COLUMNS) <= set(table.columns)
-    assert (table["method"] == method).all() and table["step"].tolist() == list(range(1, 13))
+    assert (table["variant"] == variant).all() and (table["method"] == VARIANTS[variant].method).all()
+    assert table["step"].tolist() == list(range(1, 13))
     assert table["reward_expected"].iloc[-1] > 1.5 * start
 
 
 def test_one_pass_without_mismatch_has_ratio_exactly_one():
     common = dict(num_minibatches=1, epochs=1, steps=4, vocab_size=200, correct_rank_max=4, seed=2)
     common["family"] = "high_entropy"
-    for method in ("ppo", "dppo_binary_tv", "dppo_exact_kl"):
-        table = BanditTrainer(BanditConfig(method=method, engine="none", **common)).train()
+    for variant in ("ppo", "dppo_binary_tv", "dppo_exact_kl", "minirl"):
+        table = BanditTrainer(BanditConfig(variant=variant, engine="none", **common)).train()
+        assert (table["mismatch_mean"] == 0.0).all() and (table["mismatch_max"] == 0.0).all()
         assert (table["mismatch_k1"] == 0.0).all() and (table["chi2"] == 0.0).all()
         assert (table["tv_exact"] == 0.0).all()
         assert (table["mask_frac"].fillna(0.0) == 0.0).all()
         assert (table["ratio_clip_frac"].fillna(0.0) == 0.0).all()
-    mismatched = BanditTrainer(BanditConfig(method="ppo", engine="bf16", **common)).train()
+    mismatched = BanditTrainer(BanditConfig(variant="ppo", engine="bf16", **common)).train()
     assert (mismatched["mismatch_k1"] != 0.0).all() and (mismatched["tv_exact"] > 0).all()
     reused = BanditTrainer(
-        BanditConfig(method="ppo", engine="none", **{**common, "num_minibatches": 4})
+        BanditConfig(variant="ppo", engine="none", **{**common, "num_minibatches": 4})
     ).train()
     assert (reused["tv_exact"] > 0).any()  # later mini-batches see π moved away from μ
 
@@ -179,8 +189,8 @@ def _comparable(table: pd.DataFrame) -> pd.DataFrame:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"method": "dppo_binary_tv", "engine": "moe"},
-        {"method": "minirl", "engine": "bf16", "staleness": 1},
+        {"variant": "dppo_binary_tv", "engine": "moe"},
+        {"variant": "minirl", "engine": "bf16", "staleness": 1},
     ],
 )
 def test_bandit_resume_reproduces_the_uninterrupted_run(tmp_path, overrides):
@@ -218,7 +228,7 @@ def _tiny_sequence(tmp_path, **overrides) -> SequenceConfig:
 
 
 def test_sequence_resume_and_warm_start_cache(tmp_path):
-    config = _tiny_sequence(tmp_path, method="dppo_topk_tv")
+    config = _tiny_sequence(tmp_path, variant="dppo_topk_tv")
     first = SequenceTrainer(config)
     assert first.warm_start_stats["cached"] == 0.0
     assert 0.0 <= first.warm_start_stats["start_reward_sampled"] <= 1.0
@@ -240,7 +250,12 @@ def test_sequence_resume_and_warm_start_cache(tmp_path):
     [
         (BanditConfig, {"lr": -0.1}, "lr"),
         (BanditConfig, {"group_size": 1}, "group_size"),
-        (BanditConfig, {"method": "trpo"}, "method"),
+        (BanditConfig, {"variant": "trpo"}, "variant"),
+        (BanditConfig, {"correct_rank_max": 2000}, "correct_rank_max"),
+        (BanditConfig, {"ratio_cap": 0.0}, "ratio_cap"),
+        (BanditConfig, {"bf16": True}, "bf16"),
+        (BanditConfig, {"adam_beta2": 1.0}, "adam_beta2"),
+        (BanditConfig, {"topk_rule": "top"}, "topk_rule"),
         (BanditConfig, {"engine": "vllm"}, "engine"),
         (BanditConfig, {"agg": "sum"}, "agg"),
         (BanditConfig, {"device": "gpu0"}, "device"),
@@ -260,9 +275,7 @@ def test_config_type_errors_and_unknown_keys():
     with pytest.raises(ValueError, match="unknown BanditConfig fields"):
         BanditConfig.from_dict({"learning_rate": 0.1})
     with pytest.raises(ValueError, match="num_minibatches"):
-        BanditTrainer(
-            BanditConfig(num_minibatches=64, contexts_per_step=2, group_size=2, **{"steps": 1})
-        ).train()
+        BanditConfig(num_minibatches=64, contexts_per_step=2, group_size=2, steps=1)
 
 
 def test_cli_help_lists_every_field_and_rejects_bad_values(capsys, tmp_path):
@@ -283,19 +296,20 @@ def test_cli_help_lists_every_field_and_rejects_bad_values(capsys, tmp_path):
 
 
 def test_presets_compare_the_required_variants_with_and_without_mismatch():
+    from trustregion_lab.train.presets import COMPARED_VARIANTS, PRESETS
+
     names = {p.name: p for p in PRESETS}
     assert set(names) == {"bandit-train", "sequence-train"}
     required = {"ppo", "ppo_clip_higher", "pg_is", "dppo_binary_tv", "dppo_binary_kl", "dppo_topk_tv"}
     required |= {"dppo_exact_tv", "minirl"}
     for preset in PRESETS:
-        assert preset.kind == "training"
-        assert required <= set(preset.grid["method"]) == set(COMPARED_VARIANTS)
+        assert required <= set(preset.grid["variant"]) == set(COMPARED_VARIANTS)
         assert "none" in preset.grid["engine"] and len(preset.grid["engine"]) >= 2
     config = dict(names["bandit-train"].defaults)
-    config.update(steps=2, vocab_size=100, method="minirl")
+    config.update(steps=2, vocab_size=100, variant="minirl")
     table = names["bandit-train"].run(config, 1)
-    assert table["seed"].eq(1).all() and table["method"].eq("minirl").all() and len(table) == 2
-    assert set(LOSS_METRICS) <= set(table.columns)
+    assert table["seed"].eq(1).all() and table["variant"].eq("minirl").all() and len(table) == 2
+    assert set(DESIGN_METRICS) <= set(table.columns)
 
 
 @pytest.mark.gpu
@@ -305,3 +319,107 @@ def test_trainers_run_on_cuda(tmp_path):
     config = _tiny_sequence(tmp_path, device="cuda", bf16=True, steps=2, checkpoint_every=0)
     table = SequenceTrainer(config).train()
     assert np.isfinite(table["reward"]).all()
+
+
+def test_every_row_carries_every_standard_column_without_gradient_tokens():
+    class NoReward:  # every group all-zero: no token has Â ≠ 0
+        def __init__(self, problem):
+            self.problem = problem
+
+        def clean_reward(self, contexts, actions):
+            return np.zeros(np.shape(contexts))
+
+        def __getattr__(self, name):
+            return getattr(self.problem, name)
+
+    trainer = BanditTrainer(BanditConfig(steps=2, vocab_size=50, engine="bf16"))
+    trainer.problem = NoReward(trainer.problem)
+    row = trainer.train_step()
+    assert set(ROW_COLUMNS) <= set(row)
+    assert np.isnan(row["mask_frac"]) and row["reward"] == 0.0
+    assert np.isfinite(row["mismatch_mean"]) and row["grad_norm"] == 0.0
+
+
+def test_cli_checks_output_paths_before_training(tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bandit", "--steps", "1", "--vocab-size", "50", "--out", str(folder)])
+    assert exit_info.value.code == 2 and "is a folder" in capsys.readouterr().err
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bandit", "--steps", "1", "--vocab-size", "50", "--checkpoint-dir", str(a_file)])
+    assert exit_info.value.code == 2 and "is a file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bandit", "--steps", "1", "--vocab-size", "50", "--bf16"])
+    assert "only to CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"garbage", None])
+def test_cli_rejects_a_garbage_or_truncated_checkpoint(tmp_path, capsys, content):
+    run = tmp_path / "run"
+    args = ["bandit", "--steps", "3", "--vocab-size", "50", "--checkpoint-dir", str(run)]
+    if content is None:  # a real checkpoint cut in half
+        assert main([*args[:2], "1", *args[3:]]) == 0
+        data = (run / "checkpoint.pt").read_bytes()
+        content = data[: len(data) // 2]
+    run.mkdir(exist_ok=True)
+    (run / "checkpoint.pt").write_bytes(content)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "not a trustregion_lab checkpoint or is truncated" in capsys.readouterr().err
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "t.csv"
+        assert (
+            main(
+                [
+                    "bandit",
+                    "--steps",
+                    "1",
+                    "--vocab-size",
+                    "50",
+                    "--out",
+                    str(out),
+                    "--checkpoint-dir",
+                    str(tmp_path / "c"),
+                ]
+            )
+            == 0
+        )
+        assert (out.stat().st_mode & 0o777) == 0o644
+        assert ((tmp_path / "c" / "checkpoint.pt").stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_an_error_while_training_is_a_traceback_not_a_bad_flag(monkeypatch):
+    from trustregion_lab.train import step as step_lib
+
+    def broken(*args, **kwargs):
+        raise ValueError("numerics bug")
+
+    monkeypatch.setattr(step_lib, "update", broken)
+    with pytest.raises(ValueError, match="numerics bug"):
+        main(["bandit", "--steps", "1", "--vocab-size", "50"])
+
+
+def test_a_truncated_warm_start_cache_is_rebuilt_with_a_warning(tmp_path):
+    config = _tiny_sequence(tmp_path, steps=1)
+    first = SequenceTrainer(config)
+    (cache_file,) = (tmp_path / "cache").glob("warm_start-*.pt")
+    cache_file.write_bytes(cache_file.read_bytes()[:100])
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        again = SequenceTrainer(config)
+    assert again.warm_start_stats["cached"] == 0.0
+    for a, b in zip(first.policy.parameters(), again.policy.parameters()):
+        assert torch.equal(a, b)  # rebuilt bit for bit
+    assert SequenceTrainer(config).warm_start_stats["cached"] == 1.0

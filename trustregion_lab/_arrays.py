@@ -2,8 +2,10 @@
 
 Every public numerics function accepts torch tensors or numpy arrays. Internally everything is a torch tensor on
 the input's device. `Converter` remembers what the caller passed so results go back as the same kind (numpy in,
-numpy out), on the same device, in the input's float dtype (the wider one when two float inputs differ).
-Computation happens in float32, or float64 when a float64 input is present ("float32 or better").
+numpy out), on the same device, in the input's float dtype (the wider one when two float inputs differ) unless the
+caller asks for another (`Converter(dtype=...)`). Computation happens in float32, or float64 when a float64 input is
+present or float64 output is asked for ("float32 or better").
+Tensors that require grad are validated on a detached view, so checks never warn about it or touch the graph.
 """
 
 from __future__ import annotations
@@ -18,18 +20,30 @@ ArrayLike = np.ndarray | torch.Tensor
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def check_float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype | None:
+    """None, or one of torch.float16/bfloat16/float32/float64 (TypeError otherwise, naming the argument)."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype in _FLOAT_DTYPES):
+        return dtype
+    raise TypeError(
+        f"{name} must be None or a torch floating dtype (torch.float16, torch.bfloat16, torch.float32, "
+        f"torch.float64), got {dtype!r}"
+    )
+
+
 class Converter:
     """Converts a call's inputs to torch and its outputs back to what the caller passed.
 
     One instance per call. `tensor()` registers an input: torch tensors must all live on one device; numpy arrays
-    are moved to that device. The output is numpy when every array input was numpy, else torch.
+    are moved to that device. The output is numpy when every array input was numpy, else torch. `dtype` (None or
+    a torch float dtype, validated) overrides the float dtype of the results; `input_dtype` stays the inputs' own.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
         self.saw_torch = False
         self.saw_numpy = False
         self.device: torch.device | None = None
-        self.out_dtype: torch.dtype | None = None
+        self.input_dtype: torch.dtype | None = None
+        self.requested_dtype = check_float_dtype(dtype)
 
     def tensor(self, x: Any, name: str, *, kind: str = "float") -> torch.Tensor:
         """Return `x` as a torch tensor. kind: "float" (floating point), "int" (integer ids) or "bool"."""
@@ -61,8 +75,8 @@ class Converter:
                 raise TypeError(
                     f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {t.dtype}"
                 )
-            self.out_dtype = (
-                t.dtype if self.out_dtype is None else torch.promote_types(self.out_dtype, t.dtype)
+            self.input_dtype = (
+                t.dtype if self.input_dtype is None else torch.promote_types(self.input_dtype, t.dtype)
             )
         elif kind == "int":
             if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
@@ -94,9 +108,14 @@ class Converter:
         return t if self.device is None or t.device == self.device else t.to(self.device)
 
     @property
+    def out_dtype(self) -> torch.dtype | None:
+        """The float dtype of the results: the requested one, else the (promoted) float dtype of the inputs."""
+        return self.requested_dtype if self.requested_dtype is not None else self.input_dtype
+
+    @property
     def compute_dtype(self) -> torch.dtype:
-        """float64 when the result dtype is float64, else float32."""
-        return torch.float64 if self.out_dtype == torch.float64 else torch.float32
+        """float64 when an input or the result is float64, else float32."""
+        return torch.float64 if torch.float64 in (self.input_dtype, self.requested_dtype) else torch.float32
 
     def out(self, t: torch.Tensor) -> ArrayLike:
         """Return a float result as the caller's kind and float dtype."""
@@ -115,6 +134,7 @@ class Converter:
 
 
 def check_finite(t: torch.Tensor, name: str) -> None:
+    t = t.detach()
     if not bool(torch.isfinite(t).all()):
         n_bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} must be finite; found {n_bad} NaN/inf value(s)")
@@ -126,12 +146,17 @@ def logprob_tolerance(dtype: torch.dtype) -> float:
 
 
 def check_logprobs(t: torch.Tensor, name: str) -> torch.Tensor:
-    """Validate log-probabilities (finite, <= 0 up to rounding) and clamp rounding-level positives to 0."""
+    """Validate log-probabilities (finite, <= 0 up to rounding) and clamp rounding-level positives to 0.
+
+    The checks read a detached view (no warning for a tensor that requires grad); the returned tensor keeps the
+    caller's autograd graph.
+    """
     check_finite(t, name)
     tol = logprob_tolerance(t.dtype)
-    if t.numel() and float(t.max()) > tol:
+    largest = float(t.detach().max()) if t.numel() else 0.0
+    if largest > tol:
         raise ValueError(
-            f"{name} must be log-probabilities (<= 0); max value is {float(t.max()):.3g}. "
+            f"{name} must be log-probabilities (<= 0); max value is {largest:.3g}. "
             "Pass log-softmax outputs, not logits or probabilities"
         )
     return t.clamp(max=0.0)

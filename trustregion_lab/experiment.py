@@ -1,9 +1,14 @@
 """The preset interface shared by the sweep runner and the modules that define experiments.
 
-A *preset* is a named experiment: a module-level function ``run(config, seed) -> pandas.DataFrame`` that returns
-tidy rows, the full set of parameters it takes with their defaults (the types of those defaults are how the sweep
-command line parses ``--grid key=v1,v2``), a default grid over some of them, a default number of seeds, and a
-``kind`` that tells ``trustregion_lab.plots`` which figure family to draw from its tables.
+A *preset* is a named experiment that owns its computation, its checks and its figures:
+
+- ``run(config, seed) -> pandas.DataFrame``: a module-level function returning tidy rows;
+- ``defaults``: every parameter it takes with its default (the default's type is how the sweep command line
+  parses ``--grid key=v1,v2``), a default ``grid`` over some of them and a default number of ``seeds``;
+- ``validate(config)``: raises ``ValueError``/``TypeError`` for a configuration ``run`` would reject, so a sweep
+  checks every configuration of its grid before the first run starts;
+- ``figures(table, config_columns) -> {file name: Figure or DataFrame}``: what ``trustregion_lab.plots`` draws
+  from the preset's stored table (PNG for a figure, CSV for a table).
 
 This module is deliberately dependency-free (dataclasses and typing only) so that analysis and training modules
 can define presets without importing the sweep machinery.
@@ -17,8 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
+    from matplotlib.figure import Figure
 
-__all__ = ["Preset"]
+__all__ = ["FigureFunction", "Preset"]
+
+FigureFunction = Callable[["pd.DataFrame", list[str]], dict[str, "Figure | pd.DataFrame"]]
 
 
 @dataclass(frozen=True)
@@ -34,8 +42,13 @@ class Preset:
             str) is the type a ``--grid`` value is parsed to.
         grid: the preset's default grid, ``{parameter: [values, ...]}``, over keys of ``defaults``.
         seeds: the default number of seeds (seeds are ``0 .. seeds - 1``).
-        kind: which figure family ``trustregion_lab.plots`` draws for this preset's tables
-            (``"estimators"``, ``"masks"``, ``"calibration"``, ``"vocab-scaling"``, ``"training"``, ...).
+        validate: ``validate(config: dict) -> None`` raising ``ValueError``/``TypeError`` (naming the parameter)
+            for a configuration ``run`` cannot compute; called for every configuration when a sweep is planned.
+            None: every configuration is accepted.
+        figures: ``figures(table, config_columns) -> {file name: Figure | DataFrame}``, drawing the preset's
+            figures (and the tables behind them) from its merged table alone; ``config_columns`` names the
+            preset's parameters present in the table. The names end in ``.png`` (a Figure) or ``.csv``
+            (a DataFrame). None: the preset has no figures.
     """
 
     name: str
@@ -44,14 +57,19 @@ class Preset:
     defaults: Mapping[str, Any]
     grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     seeds: int = 1
-    kind: str = ""
+    validate: Callable[[dict], None] | None = None
+    figures: FigureFunction | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Preset name must be a non-empty string, got {self.name!r}")
         if not callable(self.run):
             raise TypeError(f"Preset {self.name!r}: run must be callable run(config, seed), got {self.run!r}")
-        if not isinstance(self.seeds, int) or self.seeds < 1:
+        for attribute in ("validate", "figures"):
+            value = getattr(self, attribute)
+            if value is not None and not callable(value):
+                raise TypeError(f"Preset {self.name!r}: {attribute} must be callable or None, got {value!r}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"Preset {self.name!r}: seeds must be a positive int, got {self.seeds!r}")
         unknown = sorted(set(self.grid) - set(self.defaults))
         if unknown:

@@ -11,7 +11,11 @@ Aggregations over valid (response) tokens, with n_t = valid tokens of sequence t
     "token-mean"           Σ_{seq,t} loss / Σ n_t
     "seq-mean-token-sum"   mean over sequences with n_t > 0 of Σ_t loss
     "seq-mean-token-mean"  mean over sequences with n_t > 0 of (Σ_t loss) / n_t
-The last axis is time; leading axes index sequences (a 1-D input is one sequence).
+The last axis is time; leading axes index sequences (a 1-D input is one sequence). Sums are taken in float32, or
+float64 for float64 inputs, whatever the input dtype (a float16 sum over thousands of tokens overflows).
+
+``log_ratio_penalty`` c > 0 adds c · (log π(a) − log μ(a))² to every valid token's loss (masked or not), the
+penalty prime-rl's default loss carries (its ``kl_tau``); 0 by default.
 
 Metrics (floats; every method reports the same names; a metric whose denominator is empty is NaN):
     over tokens with response_mask and Â ≠ 0 (the ones that carry gradient):
@@ -33,7 +37,8 @@ from typing import Any
 
 import torch
 
-from trustregion_lab._arrays import ArrayLike, Converter, check_logprobs, check_same_shape, check_threshold
+from trustregion_lab._arrays import ArrayLike, Converter, check_logprobs, check_same_shape
+from trustregion_lab._validate import check_choice, check_real, check_threshold
 from trustregion_lab.masks import broadcast_advantages, check_method, outside_region
 
 __all__ = ["AGGREGATIONS", "DESIGN_METRICS", "METRIC_NAMES", "aggregate", "policy_loss"]
@@ -64,9 +69,13 @@ DEFAULT_RATIO_CLIP = (0.2, 0.2)
 
 
 def aggregate(per_token: torch.Tensor, valid: torch.Tensor, agg: str) -> torch.Tensor:
-    """Reduce a per-token loss `[..., time]` over valid tokens (bool `[..., time]`) with one of AGGREGATIONS."""
-    if agg not in AGGREGATIONS:
-        raise ValueError(f"unknown agg {agg!r}; expected one of {list(AGGREGATIONS)}")
+    """Reduce a per-token loss `[..., time]` over valid tokens (bool `[..., time]`) with one of AGGREGATIONS.
+
+    Computed in float32 (float64 for a float64 input) whatever the input dtype; returns that dtype.
+    """
+    check_choice("agg", agg, AGGREGATIONS)
+    if per_token.dtype != torch.float64:
+        per_token = per_token.float()
     per_token = per_token * valid.to(per_token.dtype)
     if agg == "token-mean":
         return per_token.sum() / valid.sum().clamp(min=1).to(per_token.dtype)
@@ -106,6 +115,7 @@ def policy_loss(
     rollout_logits: ArrayLike | None = None,
     old_logprob: ArrayLike | None = None,
     old_logits: ArrayLike | None = None,
+    log_ratio_penalty: float = 0.0,
 ) -> tuple[ArrayLike, dict[str, float]]:
     """The masked, capped importance-sampling surrogate of DESIGN §2 → (scalar loss, metrics).
 
@@ -113,23 +123,22 @@ def policy_loss(
     advantages: Â, same shape or `[batch]` for `[batch, time]`; response_mask: bool, same shape (False = padding);
     low, high: mask thresholds (ratio ε for "ppo", δ for DPPO methods); ratio_cap: C in min(r, C) (> 0, may be
     inf); agg: one of AGGREGATIONS; ratio_clip: the (low, high) ε of the PPO rule behind `ratio_clip_frac`
-    (default: low/high for "ppo", else 0.2/0.2). The remaining keyword arguments are passed to the mask, see
-    `trustregion_lab.masks.trust_region_mask`.
+    (default: low/high for "ppo", else 0.2/0.2); log_ratio_penalty: c ≥ 0 of the c · (log r)² term (module
+    docstring). The remaining keyword arguments are passed to the mask, see
+    `trustregion_lab.masks.trust_region_mask`. The loss is float32 (float64 for float64 inputs).
     """
     method = check_method(method)
-    low = check_threshold(low, "low")
-    high = check_threshold(high, "high")
-    cap = check_threshold(ratio_cap, "ratio_cap") if ratio_cap != math.inf else math.inf
-    if cap == 0:
-        raise ValueError("ratio_cap must be > 0 (use math.inf for no cap)")
-    if not isinstance(agg, str) or agg not in AGGREGATIONS:
-        raise ValueError(f"unknown agg {agg!r}; expected one of {list(AGGREGATIONS)}")
+    low = check_threshold("low", low)
+    high = check_threshold("high", high)
+    cap = check_real("ratio_cap", ratio_cap, positive=True, allow_inf=True)
+    check_choice("agg", agg, AGGREGATIONS)
     if ratio_clip is None:
         ratio_clip = (low, high) if method == "ppo" else DEFAULT_RATIO_CLIP
     if not isinstance(ratio_clip, tuple | list) or len(ratio_clip) != 2:
         raise TypeError(f"ratio_clip must be a (low, high) pair, got {ratio_clip!r}")
-    clip_low = check_threshold(ratio_clip[0], "ratio_clip[0]")
-    clip_high = check_threshold(ratio_clip[1], "ratio_clip[1]")
+    clip_low = check_threshold("ratio_clip[0]", ratio_clip[0])
+    clip_high = check_threshold("ratio_clip[1]", ratio_clip[1])
+    penalty = check_real("log_ratio_penalty", log_ratio_penalty, minimum=0.0)
 
     conv = Converter()
     conv.adopt_device(topk_ids, rollout_topk_logprobs, logits, rollout_logits, old_logprob, old_logits)
@@ -167,9 +176,13 @@ def policy_loss(
         ratio = torch.exp(log_r)
         weight = ratio.clamp(max=cap)
         # zero (not 0 · inf = NaN) where a token carries no gradient: padding, Â = 0, masked, or r = inf uncapped
-        coef = torch.where(keep & resp, -adv.double() * weight, 0.0).to(lp.dtype)
+        cdtype = torch.float64 if lp.dtype == torch.float64 else torch.float32
+        coef = torch.where(keep & resp, -adv.double() * weight, 0.0).to(cdtype)
 
-    per_token = coef * lp if lp.dtype.is_floating_point else coef * lp.float()
+    per_token = coef * lp.to(cdtype)
+    if penalty > 0:
+        log_r2 = torch.where(resp, lp.to(cdtype) - lmu.to(cdtype), 0.0) ** 2
+        per_token = per_token + penalty * log_r2
     loss = aggregate(per_token, resp, agg)
 
     with torch.no_grad():
@@ -202,4 +215,4 @@ def policy_loss(
             "pos_tokens": float(int(pos.sum())),
             "neg_tokens": float(int(neg.sum())),
         }
-    return (loss if conv.saw_torch else conv.out(loss.detach())), metrics
+    return (loss if conv.saw_torch else conv.out_raw(loss.detach())), metrics

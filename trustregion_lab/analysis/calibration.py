@@ -1,7 +1,8 @@
 """Threshold calibration: which divergence threshold δ masks as many tokens as a ratio clip ε?
 
-Every mask of DESIGN §2 with symmetric thresholds (low = high = t) drops a token exactly when its *critical
-threshold* c exceeds t:
+Every mask method with symmetric thresholds (low = high = t) drops a token exactly when its *critical
+threshold* c exceeds t; c is the mask registry's own definition (``trustregion_lab.masks.METHODS[m].critical``,
+docs/design.md §2), e.g.
     ppo:          c = r − 1 when Â > 0,  c = 1 − r when Â < 0          (r = π(a)/μ(a))
     dppo_<D>:     c = D when (Â > 0 and π(a) > μ(a)) or (Â < 0 and π(a) < μ(a)),  c = −∞ otherwise
     (c = −∞ for Â = 0, which is never masked.)
@@ -22,11 +23,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from trustregion_lab import divergence as div
+from trustregion_lab import masks
 from trustregion_lab.analysis.buckets import DEFAULT_ENTROPY_EDGES, entropy_buckets
 from trustregion_lab.analysis.confusion import MaskSpec
-from trustregion_lab.analysis.estimators import _topk_estimate
+from trustregion_lab.analysis.estimators import topk_estimates
 from trustregion_lab.analysis.tokens import TokenBatch, state_entropy
 
 __all__ = ["calibration_table", "critical_thresholds", "mask_rate", "matched_threshold"]
@@ -42,31 +45,29 @@ DEFAULT_CALIBRATION_SPECS: tuple[MaskSpec, ...] = (
 
 
 def critical_thresholds(batch: TokenBatch, spec: MaskSpec) -> np.ndarray:
-    """Per token `[N]`, the threshold c above which `spec.method` keeps the token (see module docstring).
+    """Per token `[N]`, the threshold c above which `spec.method` drops the token: the registry entry's critical
+    threshold (``trustregion_lab.masks.MaskMethod.critical``) on the side of the token's advantage sign, −∞ for
+    Â = 0. The spec's own thresholds are ignored (only its method, set rule and K are used).
 
-    The spec's own thresholds are ignored (only its method, set rule and K are used).
+    Divergences that need full logits are computed once per state (exact) or per distinct (state, reported ids)
+    row (Top-K) and handed to the entry as its estimate.
     """
-    lmu, lpi, adv = batch.rollout_logprob, batch.logprob, batch.advantages
-    minus_inf = np.full(lmu.shape, -np.inf)
-    if spec.method == "ppo":
-        ratio = np.exp(lpi - lmu)
-        return np.where(adv > 0, ratio - 1.0, np.where(adv < 0, 1.0 - ratio, -np.inf))
-    if spec.method == "none":
-        return minus_inf
-    if spec.method == "dppo_binary_tv":
-        d = np.asarray(div.binary_tv(lmu, lpi), np.float64)
-    elif spec.method == "dppo_binary_kl":
-        d = np.asarray(div.binary_kl(lmu, lpi), np.float64)
-    elif spec.method in ("dppo_exact_tv", "dppo_exact_kl"):
+    entry = masks.METHODS[spec.method]
+    estimate = None
+    if "anchor_logits" in entry.needs:  # exact: a function of the state alone
         tv_exact, kl_exact = batch.exact_divergences()
-        d = (tv_exact if spec.method == "dppo_exact_tv" else kl_exact)[batch.state]
-    elif spec.method in ("dppo_topk_tv", "dppo_topk_kl"):
+        estimate = torch.from_numpy((kl_exact if entry.divergence == "kl" else tv_exact)[batch.state])
+    elif "topk_ids" in entry.needs:
         ids, lps = batch.topk_sets[(spec.set_rule, spec.k)]
-        d = _topk_estimate(div.topk_tv if spec.method == "dppo_topk_tv" else div.topk_kl, batch, ids, lps)
-    else:  # pragma: no cover - MaskSpec validates the name
-        raise ValueError(spec.method)
-    outward = ((adv > 0) & (lpi > lmu)) | ((adv < 0) & (lpi < lmu))
-    return np.where(outward, d, -np.inf)
+        fn = div.topk_kl if entry.divergence == "kl" else div.topk_tv
+        estimate = torch.from_numpy(topk_estimates(fn, batch, ids, lps))
+    inputs = masks.MaskInputs(
+        logprob=torch.from_numpy(np.asarray(batch.logprob, np.float64)),
+        anchor_logprob=torch.from_numpy(np.asarray(batch.rollout_logprob, np.float64)),
+    )
+    up, down = (c.numpy() for c in entry.critical(inputs, estimate))
+    adv = batch.advantages
+    return np.where(adv > 0, up, np.where(adv < 0, down, -np.inf))
 
 
 def mask_rate(critical: np.ndarray, weight: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

@@ -38,10 +38,15 @@ from trustregion_lab.analysis.tokens import TokenBatch, state_entropy, unique_ro
 
 __all__ = ["MaskSpec", "gradient_mass", "mask_confusion", "token_mask"]
 
-_KL_METHODS = ("dppo_binary_kl", "dppo_topk_kl", "dppo_exact_kl")
-_TOPK_METHODS = ("dppo_topk_tv", "dppo_topk_kl")
-_EXACT_METHODS = ("dppo_exact_tv", "dppo_exact_kl")
 _CHUNK_ELEMENTS = 1 << 22
+
+
+def _is_topk(method: str) -> bool:
+    return "topk_ids" in masks.METHODS[method].needs
+
+
+def _is_exact(method: str) -> bool:
+    return "anchor_logits" in masks.METHODS[method].needs
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,12 @@ class MaskSpec:
     def __post_init__(self) -> None:
         if self.method not in masks.METHODS:
             raise ValueError(f"method must be one of {sorted(masks.METHODS)}, got {self.method!r}")
-        if self.method in _TOPK_METHODS and (not self.set_rule or self.k < 1):
+        if _is_topk(self.method) and (not self.set_rule or self.k < 1):
             raise ValueError(f"method {self.method!r} needs set_rule and k >= 1")
 
     @property
     def label(self) -> str:
-        if self.method in _TOPK_METHODS:
+        if _is_topk(self.method):
             return f"{self.method}[{self.set_rule},K={self.k}]"
         return self.method
 
@@ -70,7 +75,7 @@ class MaskSpec:
 def token_mask(batch: TokenBatch, spec: MaskSpec) -> np.ndarray:
     """`trust_region_mask` for every token of the batch → bool `[N]` (True = keep)."""
     common = {"low": spec.low, "high": spec.high}
-    if spec.method not in _TOPK_METHODS + _EXACT_METHODS:
+    if not (_is_topk(spec.method) or _is_exact(spec.method)):
         return np.asarray(
             masks.trust_region_mask(
                 spec.method,
@@ -86,7 +91,7 @@ def token_mask(batch: TokenBatch, spec: MaskSpec) -> np.ndarray:
     # evaluated once per distinct key, materialising per-token logits for those rows only (in chunks).
     direction = np.sign(batch.logprob - batch.rollout_logprob)
     key = [batch.state, direction, np.sign(batch.advantages)]
-    if spec.method in _TOPK_METHODS:
+    if _is_topk(spec.method):
         if (spec.set_rule, spec.k) not in batch.topk_sets:
             raise ValueError(f"the batch has no Top-K sets for rule {spec.set_rule!r}, K={spec.k}")
         ids, lps = batch.topk_sets[(spec.set_rule, spec.k)]
@@ -97,7 +102,7 @@ def token_mask(batch: TokenBatch, spec: MaskSpec) -> np.ndarray:
     for start in range(0, first.shape[0], step):
         rows = first[start : start + step]
         extra: dict[str, np.ndarray] = {"logits": batch.logits[batch.state[rows]]}
-        if spec.method in _TOPK_METHODS:
+        if _is_topk(spec.method):
             extra.update(topk_ids=ids[rows], rollout_topk_logprobs=lps[rows])
         else:
             extra["rollout_logits"] = batch.rollout_logits[batch.state[rows]]
@@ -126,10 +131,11 @@ def gradient_mass(batch: TokenBatch, ratio_cap: float = 10.0) -> np.ndarray:
 
 
 def _reference(spec: MaskSpec, ppo_reference: tuple[float, float]) -> MaskSpec:
-    if spec.method in _KL_METHODS:
-        return MaskSpec("dppo_exact_kl", spec.low, spec.high)
-    if spec.method in ("ppo", "none"):
+    entry = masks.METHODS[spec.method]
+    if entry.rule != "divergence":  # a ratio threshold ε is not a divergence: compare with exact TV at δ
         return MaskSpec("dppo_exact_tv", *ppo_reference)
+    if entry.divergence == "kl":
+        return MaskSpec("dppo_exact_kl", spec.low, spec.high)
     return MaskSpec("dppo_exact_tv", spec.low, spec.high)
 
 

@@ -49,7 +49,7 @@ ESTIMATOR_TARGETS: dict[str, str] = {
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def _topk_estimate(fn: Callable, batch: TokenBatch, ids: np.ndarray, lps: np.ndarray) -> np.ndarray:
+def topk_estimates(fn: Callable, batch: TokenBatch, ids: np.ndarray, lps: np.ndarray) -> np.ndarray:
     """A Top-K estimate per token `[N]`: computed once per distinct (state, reported ids) row, in chunks of
     rows whose per-token logits hold at most _CHUNK_ELEMENTS values."""
     first, inverse = unique_rows(batch.state, ids)
@@ -73,8 +73,8 @@ def token_estimates(batch: TokenBatch) -> list[tuple[str, str, int, np.ndarray]]
         ("binary_kl", "", 0, np.asarray(div.binary_kl(lmu, lpi), np.float64)),
     ]
     for (rule, k), (ids, lps) in sorted(batch.topk_sets.items()):
-        out.append(("topk_tv", rule, k, _topk_estimate(div.topk_tv, batch, ids, lps)))
-        out.append(("topk_kl", rule, k, _topk_estimate(div.topk_kl, batch, ids, lps)))
+        out.append(("topk_tv", rule, k, topk_estimates(div.topk_tv, batch, ids, lps)))
+        out.append(("topk_kl", rule, k, topk_estimates(div.topk_kl, batch, ids, lps)))
     return out
 
 

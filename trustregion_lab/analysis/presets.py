@@ -8,7 +8,9 @@
     "vocab-scaling"  the estimator report (stratum "all") for each vocabulary size in ``scaling_vocab_sizes``,
                      with num_states capped at 2**23 / V (at least 64) so the largest vocabularies stay cheap
 Every row carries ``analysis``; list-valued parameters are strings joined by "+" (e.g. ``topk_sizes="5+20"``),
-so that one command-line value holds them (``--grid topk_sizes=5+20,50``).
+so that one command-line value holds them (``--grid topk_sizes=5+20,50``). `validate_analysis` checks a
+configuration without computing anything (the sweep calls it for every configuration before the first run);
+each preset draws its figures with a figure function of ``trustregion_lab.plots``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from trustregion_lab import plots
+from trustregion_lab._validate import check_choice, check_int, check_real
 from trustregion_lab.analysis.calibration import calibration_table, critical_thresholds, matched_threshold
 from trustregion_lab.analysis.confusion import MaskSpec, mask_confusion
 from trustregion_lab.analysis.estimators import estimator_report
-from trustregion_lab.analysis.states import make_token_batch
+from trustregion_lab.analysis.states import PERTURBATIONS, make_token_batch
 from trustregion_lab.analysis.tokens import SET_RULES, TokenBatch
-from trustregion_lab.experiment import Preset
+from trustregion_lab.envs.logit_model import LOGIT_FAMILIES
+from trustregion_lab.experiment import FigureFunction, Preset
+from trustregion_lab.mismatch import ENGINE_PRESETS
 
-__all__ = ["ANALYSES", "ANALYSIS_DEFAULTS", "PRESETS", "matched_ppo_reference", "run_analysis"]
+__all__ = [
+    "ANALYSES",
+    "ANALYSIS_DEFAULTS",
+    "PRESETS",
+    "matched_ppo_reference",
+    "run_analysis",
+    "validate_analysis",
+]
 
 SCALING_ELEMENTS = 1 << 23  # "vocab-scaling": states × vocabulary per batch at most (see _scaled_num_states)
 ANALYSES = ("estimators", "masks", "calibration", "vocab-scaling")
@@ -66,6 +79,50 @@ def _str_list(text: str, name: str, choices: tuple[str, ...]) -> list[str]:
     if not values or bad:
         raise ValueError(f"{name} must be names from {choices} joined by '+', got {text!r}")
     return values
+
+
+def _ppo_reference(text: object) -> float | None:
+    """``ppo_reference``: None for "matched", else the fixed exact-TV threshold it names."""
+    if str(text) == "matched":
+        return None
+    try:
+        return check_real("ppo_reference", float(str(text)), minimum=0.0)
+    except ValueError:
+        raise ValueError(
+            f"ppo_reference must be 'matched' or a TV threshold >= 0 such as '0.15', got {text!r}"
+        ) from None
+
+
+def validate_analysis(config: dict) -> None:
+    """Check every parameter of one analysis run (ValueError/TypeError naming it); computes nothing."""
+    missing = sorted(set(ANALYSIS_DEFAULTS) - set(config))
+    if missing:
+        raise ValueError(f"config is missing parameters {missing}")
+    unknown = sorted(set(config) - set(ANALYSIS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"config has unknown parameters {unknown}; expected {sorted(ANALYSIS_DEFAULTS)}")
+    analysis = check_choice("analysis", config["analysis"], ANALYSES)
+    vocab_size = check_int("vocab_size", config["vocab_size"], 2)
+    check_int("num_states", config["num_states"], 1)
+    check_int("samples_per_state", config["samples_per_state"], 1)
+    check_choice("family", config["family"], LOGIT_FAMILIES)
+    check_choice("engine", config["engine"], ENGINE_PRESETS)
+    check_choice("perturbation", config["perturbation"], PERTURBATIONS)
+    check_real("step_size", config["step_size"], positive=True)
+    check_real("step_decades", config["step_decades"], minimum=0.0)
+    _str_list(config["set_rules"], "set_rules", SET_RULES)
+    for name in ("ppo_low", "ppo_high", "delta_tv", "delta_kl"):
+        check_real(name, config[name], minimum=0.0)  # a finite threshold: an analysis needs a region
+    _ppo_reference(config["ppo_reference"])
+    check_real("ratio_cap", config["ratio_cap"], positive=True, allow_inf=True)
+    scaling_sizes = _int_list(config["scaling_vocab_sizes"], "scaling_vocab_sizes")
+    if min(scaling_sizes) < 2:
+        raise ValueError(f"scaling_vocab_sizes must be integers >= 2, got {config['scaling_vocab_sizes']!r}")
+    smallest = min(scaling_sizes) if analysis == "vocab-scaling" else vocab_size
+    k = max(_int_list(config["topk_sizes"], "topk_sizes"))
+    if k > smallest:
+        where = "the smallest of scaling_vocab_sizes" if analysis == "vocab-scaling" else "vocab_size"
+        raise ValueError(f"topk_sizes must be <= {where} ({smallest}), got {config['topk_sizes']!r}")
 
 
 def matched_ppo_reference(batch: TokenBatch, ppo_low: float, ppo_high: float) -> tuple[float, float]:
@@ -126,12 +183,8 @@ def _mask_specs(config: dict) -> list[MaskSpec]:
 
 def run_analysis(config: dict, seed: int) -> pd.DataFrame:
     """One analysis run (see the module docstring); ``config`` holds every key of ANALYSIS_DEFAULTS."""
-    missing = sorted(set(ANALYSIS_DEFAULTS) - set(config))
-    if missing:
-        raise ValueError(f"config is missing parameters {missing}")
+    validate_analysis(config)
     analysis = config["analysis"]
-    if analysis not in ANALYSES:
-        raise ValueError(f"analysis must be one of {ANALYSES}, got {analysis!r}")
     if analysis == "vocab-scaling":
         tables = []
         for vocab_size in _int_list(config["scaling_vocab_sizes"], "scaling_vocab_sizes"):
@@ -146,23 +199,20 @@ def run_analysis(config: dict, seed: int) -> pd.DataFrame:
     if analysis == "estimators":
         return estimator_report(batch)
     if analysis == "masks":
-        reference_text = str(config["ppo_reference"])
-        if reference_text == "matched":
+        fixed = _ppo_reference(config["ppo_reference"])
+        if fixed is None:
             reference = matched_ppo_reference(batch, float(config["ppo_low"]), float(config["ppo_high"]))
         else:
-            try:
-                reference = (float(reference_text), float(reference_text))
-            except ValueError:
-                raise ValueError(
-                    f"ppo_reference must be 'matched' or a TV threshold such as '0.15', got {reference_text!r}"
-                ) from None
+            reference = (fixed, fixed)
         return mask_confusion(
             batch, _mask_specs(config), ppo_reference=reference, ratio_cap=float(config["ratio_cap"])
         )
     return calibration_table(batch)
 
 
-def _preset(name: str, help_text: str, kind: str, grid: dict, seeds: int = 1, **overrides: object) -> Preset:
+def _preset(
+    name: str, help_text: str, figures: FigureFunction, grid: dict, seeds: int = 1, **overrides: object
+) -> Preset:
     return Preset(
         name=name,
         help=help_text,
@@ -170,7 +220,8 @@ def _preset(name: str, help_text: str, kind: str, grid: dict, seeds: int = 1, **
         defaults={**ANALYSIS_DEFAULTS, **overrides},
         grid=grid,
         seeds=seeds,
-        kind=kind,
+        validate=validate_analysis,
+        figures=figures,
     )
 
 
@@ -179,14 +230,14 @@ PRESETS: list[Preset] = [
         "default",
         "The main job: estimator report card, mask confusion, ε↔δ calibration and vocabulary scaling on "
         "LLM-like states after a simulated policy-gradient step (one run each, about a minute on 2 cores).",
-        "analysis",
+        plots.analysis_suite_figures,
         {"analysis": list(ANALYSES)},
     ),
     _preset(
         "estimators",
         "Estimator report card (|r−1|/2, k1/k2/k3, Binary, Top-K × set rules) by μ(a) and entropy bucket, "
         "under the engine mismatch alone and after a simulated update.",
-        "analysis",
+        plots.estimator_figures,
         {"perturbation": ["mismatch", "update"]},
         seeds=2,
         analysis="estimators",
@@ -195,7 +246,7 @@ PRESETS: list[Preset] = [
         "masks",
         "False and missed masks of PPO clipping and the DPPO masks against the exact-divergence masks, "
         "by μ(a) bucket and advantage sign, with the gradient mass wrongly dropped / let through.",
-        "analysis",
+        plots.mask_figures,
         {},
         seeds=2,
         analysis="masks",
@@ -204,14 +255,14 @@ PRESETS: list[Preset] = [
         "calibration",
         "Mask-rate curves and the δ that matches PPO's mask rate at each ε, over vocabulary sizes and "
         "entropy buckets (why δ = 0.15 and δ = 0.2 are both in use).",
-        "analysis",
+        plots.calibration_figures,
         {"vocab_size": [2048, 16384, 65536]},
         analysis="calibration",
     ),
     _preset(
         "vocab-scaling",
         "Estimator error (bias, RMSE) against the vocabulary size (scaling_vocab_sizes), three seeds.",
-        "analysis",
+        plots.vocab_scaling_figures,
         {},
         seeds=3,
         analysis="vocab-scaling",

@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from scipy.special import log_softmax
 
 from trustregion_lab.analysis.tokens import SET_RULES, TokenBatch, sampled_tokens, simulated_update
 from trustregion_lab.envs.logit_model import llm_like_logits
-from trustregion_lab.mismatch import ENGINE_PRESETS, RolloutEngine
+from trustregion_lab.mismatch import ENGINE_PRESETS, RolloutEngine, sample_categorical
 
 __all__ = ["PERTURBATIONS", "make_token_batch", "sample_from_logits"]
 
@@ -32,22 +33,14 @@ PERTURBATIONS = ("mismatch", "update")
 
 
 def sample_from_logits(rng: np.random.Generator, logits: np.ndarray, num_samples: int) -> np.ndarray:
-    """Draw `num_samples` tokens per row of softmax(logits) `[S, V]` → int64 `[S, num_samples]` (inverse CDF)."""
-    logp = log_softmax(np.asarray(logits, np.float64), axis=-1)
-    s, v = logp.shape
-    cdf = np.cumsum(np.exp(logp), axis=-1)
-    cdf /= cdf[:, -1:]
-    offsets = np.arange(s, dtype=np.float64)[:, None]
-    flat = (cdf + offsets).reshape(-1)
-    u = rng.random((s, num_samples))
-    index = np.searchsorted(flat, (u + offsets).reshape(-1), side="right")
-    tokens = index.reshape(s, num_samples) - np.arange(s)[:, None] * v
-    tokens = np.clip(tokens, 0, v - 1)
-    # a draw that lands on a zero-probability token by rounding moves to the row's most likely token
-    zero = np.exp(np.take_along_axis(logp, tokens, axis=-1)) == 0
-    if zero.any():
-        tokens = np.where(zero, np.argmax(logp, axis=-1)[:, None], tokens)
-    return tokens.astype(np.int64)
+    """Draw `num_samples` tokens per row of softmax(logits) `[S, V]` → int64 `[S, num_samples]`.
+
+    Inverse CDF with u ~ U[0, 1) from ``rng`` (``trustregion_lab.mismatch.sample_categorical``: a zero-probability
+    token is never drawn).
+    """
+    probs = np.exp(log_softmax(np.asarray(logits, np.float64), axis=-1))
+    u = rng.random((probs.shape[0], num_samples))
+    return sample_categorical(torch.from_numpy(probs), torch.from_numpy(u)).numpy().astype(np.int64)
 
 
 def make_token_batch(

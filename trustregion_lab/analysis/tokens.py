@@ -21,9 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy.special import log_softmax
 
 from trustregion_lab import divergence as div
+from trustregion_lab.mismatch import TOPK_RULES, apply_set_rule
 
 __all__ = [
     "SET_RULES",
@@ -36,7 +38,7 @@ __all__ = [
     "unique_rows",
 ]
 
-SET_RULES: tuple[str, ...] = ("topk", "topk_plus_sampled", "topk_replace_last")
+SET_RULES: tuple[str, ...] = TOPK_RULES
 TopKSets = Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]
 
 
@@ -145,17 +147,11 @@ def reported_topk_sets(
     K-th id when missing; K ids). `top_ids` `[S, K]` may pass the K largest ids per state when already known.
     Returns ids `[N, K']` int64 and log-probs `[N, K']` float64 (−inf at −1 slots).
     """
-    if rule not in SET_RULES:
-        raise ValueError(f"rule must be one of {SET_RULES}, got {rule!r}")
     top = (_top_ids(rollout_logprobs, k) if top_ids is None else top_ids)[state]  # [N, K], largest first
-    present = (top == token[:, None]).any(-1)
-    if rule == "topk":
-        ids = top
-    elif rule == "topk_plus_sampled":
-        ids = np.concatenate([top, np.where(present, -1, token)[:, None]], axis=-1)
-    else:
-        ids = top.copy()
-        ids[~present, -1] = token[~present]
+    ids = apply_set_rule(
+        torch.from_numpy(np.ascontiguousarray(top)), torch.from_numpy(np.asarray(token)), rule
+    )
+    ids = ids.numpy()
     lps = np.where(ids >= 0, rollout_logprobs[state[:, None], np.maximum(ids, 0)], -np.inf)
     return ids.astype(np.int64), lps.astype(np.float64)
 

@@ -31,9 +31,22 @@ import numpy as np
 from trustregion_lab.envs._checks import check_int, check_probability
 from trustregion_lab.envs.logit_model import LOGIT_FAMILIES, choose_tokens_by_rank, llm_like_logits
 
-__all__ = ["REWARD_MODES", "BanditProblem", "counter_uniform", "draw_stream_key", "make_bandit_problem"]
+__all__ = [
+    "MAX_PROBLEM_BYTES",
+    "MAX_VOCAB_SIZE",
+    "REWARD_MODES",
+    "BanditProblem",
+    "counter_uniform",
+    "draw_stream_key",
+    "make_bandit_problem",
+    "problem_bytes",
+]
 
 REWARD_MODES = ("verifiable", "table")
+# DESIGN §5: V up to 262,144, the size of the largest LLM vocabularies; above it a bandit stops being LLM-like.
+MAX_VOCAB_SIZE = 262_144
+# The problem's arrays (initial logits, reward table) must fit in this; a trainer holds a few more of that size.
+MAX_PROBLEM_BYTES = 4 * 2**30
 
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -55,6 +68,17 @@ def counter_uniform(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
 def draw_stream_key(rng: np.random.Generator) -> np.uint64:
     """One 64-bit stream key from a gymnasium ``np_random`` generator."""
     return rng.integers(0, np.iinfo(np.uint64).max, dtype=np.uint64, endpoint=True)
+
+
+def problem_bytes(vocab_size: int, num_contexts: int, reward_mode: str = "verifiable") -> int:
+    """Bytes of a problem's arrays: float32 initial logits ``[num_contexts, V]``, plus a float64 reward table of
+    the same shape in ``"table"`` mode (the correct-token ids are negligible)."""
+    per_entry = 4 + (8 if reward_mode == "table" else 0)
+    return int(vocab_size) * int(num_contexts) * per_entry
+
+
+def _format_bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def uniform_to_index(uniform: np.ndarray, size: int) -> np.ndarray:
@@ -206,15 +230,33 @@ def make_bandit_problem(
 ) -> BanditProblem:
     """Validate a bandit configuration and build (or fetch from the cache) its ``BanditProblem``.
 
-    ``correct_rank_range`` (inclusive, 1-based initial ranks; default (2, 100) clipped to V) sets how rare the
-    correct tokens start. In ``"table"`` mode without ``reward_table`` the table is drawn Beta(0.5, 4) (mostly
-    small rewards) and the correct tokens get reward 1. A given ``reward_table`` must be ``[num_contexts, V]`` in
+    ``vocab_size`` is at most ``MAX_VOCAB_SIZE`` (262,144) and the problem's arrays (``problem_bytes``) at most
+    ``MAX_PROBLEM_BYTES`` (4 GiB); larger requests are refused before anything is allocated, with the memory they
+    would take. ``correct_rank_range`` (inclusive, 1-based initial ranks, high ≤ V; default (2, 100) clipped to V)
+    sets how rare the correct tokens start. In ``"table"`` mode without ``reward_table`` the table is drawn
+    Beta(0.5, 4) (mostly small rewards) and the correct tokens get reward 1. A given ``reward_table`` must be ``[num_contexts, V]`` in
     [0, 1]; its correct tokens are then its per-context argmax ids (``num_correct`` = 1).
     """
     vocab_size = check_int("vocab_size", vocab_size, 2)
     num_contexts = check_int("num_contexts", num_contexts, 1)
     if not isinstance(reward_mode, str) or reward_mode not in REWARD_MODES:
         raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
+    size = problem_bytes(vocab_size, num_contexts, reward_mode)
+    layout = f"num_contexts={num_contexts:,} × vocab_size={vocab_size:,} × " + (
+        "12 bytes (float32 logits, float64 reward table)"
+        if reward_mode == "table"
+        else "4 bytes (float32 logits)"
+    )
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size must be <= {MAX_VOCAB_SIZE:,} (the largest LLM vocabularies), got {vocab_size:,}; "
+            f"its problem alone would take {_format_bytes(size)} ({layout})"
+        )
+    if size > MAX_PROBLEM_BYTES:
+        raise ValueError(
+            f"num_contexts and vocab_size are too large together: the problem would take {_format_bytes(size)} "
+            f"({layout}), more than the limit of {_format_bytes(MAX_PROBLEM_BYTES)}; use fewer contexts"
+        )
     if not isinstance(logit_family, str) or logit_family not in LOGIT_FAMILIES:
         raise ValueError(f"logit_family must be one of {sorted(LOGIT_FAMILIES)}, got {logit_family!r}")
     num_correct = check_int("num_correct", num_correct, 1)
@@ -226,7 +268,8 @@ def make_bandit_problem(
     high = check_int("correct_rank_range[1]", correct_rank_range[1], low)
     if high > vocab_size:
         raise ValueError(
-            f"correct_rank_range must satisfy 1 <= low <= high <= vocab_size, got {correct_rank_range}"
+            f"correct_rank_range must satisfy 1 <= low <= high <= vocab_size, got {tuple(correct_rank_range)} "
+            f"with vocab_size = {vocab_size}: ranks above the vocabulary do not exist"
         )
     if num_correct > high - low + 1:
         raise ValueError(f"num_correct ({num_correct}) must be <= the number of ranks in correct_rank_range")

@@ -16,9 +16,11 @@ next episode's context, and the pulled context is in ``info["final_obs"]`` (the 
 ``info["final_info"]``), exactly as ``SyncVectorEnv(..., autoreset_mode=AutoresetMode.SAME_STEP)`` over single
 envs reports it. Seeded the same way (``reset(seed=s)`` seeds copy i with s + i), the two agree bit for bit.
 
-Keywords (both classes): ``vocab_size`` (V ≥ 2, default 32,000), ``num_contexts`` (default 16), ``reward_mode``
+Keywords (both classes): ``vocab_size`` (2 ≤ V ≤ ``MAX_VOCAB_SIZE`` = 262,144, default 32,000), ``num_contexts``
+(default 16; the problem's arrays, num_contexts × V × 4 bytes, plus 8 more per entry in table mode, must fit in
+``MAX_PROBLEM_BYTES`` = 4 GiB), ``reward_mode``
 (``"verifiable"`` | ``"table"``), ``num_correct`` (default 1), ``correct_rank_range`` (inclusive 1-based initial
-ranks of the correct tokens, default (2, 100)), ``logit_family`` (``"mixed"`` | ``"low_entropy"`` |
+ranks of the correct tokens, at most V; default (2, 100) clipped to V), ``logit_family`` (``"mixed"`` | ``"low_entropy"`` |
 ``"high_entropy"``), ``reward_noise`` (ε in [0, 1]), ``bernoulli_reward`` (bool), ``reward_table`` (optional
 ``[num_contexts, V]`` in [0, 1]), ``problem_seed`` (int, fixes the problem), ``render_mode`` (``"ansi"`` or None).
 """
@@ -34,7 +36,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from trustregion_lab.envs._checks import check_token_action
 from trustregion_lab.envs.bandit_problem import (
+    MAX_VOCAB_SIZE,
     BanditProblem,
     counter_uniform,
     draw_stream_key,
@@ -42,7 +46,7 @@ from trustregion_lab.envs.bandit_problem import (
     uniform_to_index,
 )
 
-__all__ = ["LargeVocabBanditEnv", "LargeVocabBanditVectorEnv"]
+__all__ = ["MAX_VOCAB_SIZE", "LargeVocabBanditEnv", "LargeVocabBanditVectorEnv"]
 
 
 def _problem_from_kwargs(
@@ -165,24 +169,18 @@ class LargeVocabBanditEnv(_BanditGroundTruth, gym.Env[np.int64, np.int64]):
         self._last = None
         return np.int64(self._context), {}
 
-    def step(self, action: int | np.integer) -> tuple[np.int64, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[np.int64, float, bool, bool, dict[str, Any]]:
+        """One pull: ``action`` is a token id (int, numpy int, or a 0-d integer array/tensor)."""
         if self._context is None or self._done:
             raise RuntimeError("step() needs a fresh episode: call reset() first (each episode is one step)")
-        if isinstance(action, np.ndarray) and action.shape == ():
-            action = action[()]
-        if isinstance(action, bool | np.bool_) or not isinstance(action, int | np.integer):
-            raise TypeError(
-                f"action must be an int token id in [0, {self.vocab_size}), got {type(action).__name__}"
-            )
-        if not 0 <= action < self.vocab_size:
-            raise ValueError(f"action must be a token id in [0, {self.vocab_size}), got {action}")
+        action = check_token_action(action, self.vocab_size)
         contexts = np.array([self._context], dtype=np.int64)
         actions = np.array([action], dtype=np.int64)
         uniform = self._draw() if self.problem.uses_noise_draw else None
         reward = float(self.problem.observed_reward(contexts, actions, uniform)[0])
         mean = float(self.problem.mean_reward(contexts, actions)[0])
         self._done = True
-        self._last = (self._context, int(action), reward)
+        self._last = (self._context, action, reward)
         return np.int64(self._context), reward, True, False, {"mean_reward": mean}
 
     def render(self) -> str | None:

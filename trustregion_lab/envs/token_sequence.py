@@ -15,14 +15,22 @@ Prompt, ``int64 [n, prompt_length]`` with ``prompt_length = max_length + 2``, le
 starts at the same position:  PAD … PAD BOS x_1 … x_L SEP  with L ∈ [min_length, max_length] drawn uniformly and
 x_i uniform symbols.
 
-Answer: the answer tokens followed by EOS. ``answer_length`` is the longest answer including EOS: max_length + 1
-for copy / reverse / sort, and (number of decimal digits of 9 · max_length) + 1 for digit_sum.
+Answer: ``scratch_length`` free tokens (a scratchpad the verifier never reads, 0 by default), then the answer
+tokens followed by EOS. ``answer_length`` is the longest answer including the scratchpad and EOS:
+scratch_length + max_length + 1 for copy / reverse / sort, and scratch_length + (number of decimal digits of
+9 · max_length) + 1 for digit_sum.
+
+Scratchpad: like the reasoning text of an LLM's response, it keeps entropy in stretches the reward ignores.
+Demonstrations (``demonstrations``, for the supervised warm start) fill it with i.i.d. tokens from a Zipf law over
+every non-special id: P(the id of rank k) ∝ k^(−scratch_zipf), ranks in a fixed pseudo-random order of the ids
+(entropy ≈ 1.6 nats per token at exponent 2 and V = 2,000). An EOS inside the scratchpad is a format failure.
 
 Tasks, with x the prompt symbol values: ``copy`` → x; ``reverse`` → x reversed; ``sort`` → x sorted ascending;
 ``digit_sum`` → the decimal digits of Σ x_i, most significant first (no leading zeros; the sum 0 is "0").
 
-Scoring, ``score(prompts, answers) -> float64 [n]``: an answer is read up to its first EOS. An answer without EOS
-is a format failure and scores −format_penalty. Otherwise, with y the tokens before EOS and t the target:
+Scoring, ``score(prompts, answers) -> float64 [n]``: the first scratch_length tokens are skipped, and the rest is
+read up to its first EOS. An answer without EOS there (or with an EOS inside the scratchpad) is a format failure
+and scores −format_penalty. Otherwise, with y the tokens before EOS and t the target:
 
 - ``reward_mode="exact"`` (default): 1.0 if y == t (same length, same ids), else 0.0.
 - ``reward_mode="partial"``: (number of positions i < min(|y|, |t|) with y_i = t_i) / max(|y|, |t|), so extra or
@@ -33,12 +41,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from trustregion_lab._validate import check_real
 from trustregion_lab.envs._checks import check_int
 
 __all__ = ["REWARD_MODES", "TASKS", "TokenSequenceTask"]
 
 TASKS = ("copy", "reverse", "sort", "digit_sum")
 REWARD_MODES = ("exact", "partial")
+_SCRATCH_ORDER_SEED = 0x5C7A7C4
 
 
 def _check_token_array(name: str, array: object, vocab_size: int) -> np.ndarray:
@@ -66,6 +76,8 @@ class TokenSequenceTask:
         num_symbols: distinct symbol values, ≥ 2 (≥ 10 for digit_sum, whose prompts use the digits 0 … 9).
         reward_mode: ``"exact"`` (0/1) or ``"partial"`` (share of positions right).
         format_penalty: ≥ 0; an answer without EOS scores −format_penalty.
+        scratch_length: ≥ 0 free tokens before the verified answer (module docstring).
+        scratch_zipf: > 0, the Zipf exponent of the demonstrations' scratchpad tokens.
     """
 
     pad_id: int = 0
@@ -83,6 +95,8 @@ class TokenSequenceTask:
         num_symbols: int = 10,
         reward_mode: str = "exact",
         format_penalty: float = 0.0,
+        scratch_length: int = 0,
+        scratch_zipf: float = 2.0,
     ) -> None:
         if not isinstance(task, str) or task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -106,12 +120,15 @@ class TokenSequenceTask:
         self.task = task
         self.reward_mode = reward_mode
         self.format_penalty = float(format_penalty)
+        self.scratch_length = check_int("scratch_length", scratch_length, 0)
+        self.scratch_zipf = check_real("scratch_zipf", scratch_zipf, positive=True)
         self.prompt_length = self.max_length + 2
         if task == "digit_sum":
             self._sum_digits = len(str(9 * self.max_length))
-            self.answer_length = self._sum_digits + 1
+            self.verified_length = self._sum_digits + 1
         else:
-            self.answer_length = self.max_length + 1
+            self.verified_length = self.max_length + 1
+        self.answer_length = self.scratch_length + self.verified_length
         # The largest symbol value a prompt uses (digits for digit_sum).
         self._prompt_symbols = 10 if task == "digit_sum" else self.num_symbols
 
@@ -119,7 +136,8 @@ class TokenSequenceTask:
         return (
             f"TokenSequenceTask(task={self.task!r}, vocab_size={self.vocab_size}, max_length={self.max_length}, "
             f"min_length={self.min_length}, num_symbols={self.num_symbols}, reward_mode={self.reward_mode!r}, "
-            f"format_penalty={self.format_penalty})"
+            f"format_penalty={self.format_penalty}, scratch_length={self.scratch_length}, "
+            f"scratch_zipf={self.scratch_zipf})"
         )
 
     # ------------------------------------------------------------------ prompts and targets
@@ -179,10 +197,10 @@ class TokenSequenceTask:
         return prompts
 
     def target_values(self, prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Target symbol values, left-aligned: (int64 ``[n, answer_length − 1]`` padded with −1, lengths ``[n]``)."""
+        """Target symbol values, left-aligned: (int64 ``[n, verified_length − 1]`` padded with −1, lengths ``[n]``)."""
         values, lengths = self.prompt_symbols(prompts)
         n = values.shape[0]
-        width = self.answer_length - 1
+        width = self.verified_length - 1
         slot = np.arange(self.max_length)
         if self.task == "copy":
             return values, lengths
@@ -205,14 +223,40 @@ class TokenSequenceTask:
         return result.reshape(n, width), num_digits
 
     def targets(self, prompts: np.ndarray) -> np.ndarray:
-        """Target answers: int64 ``[n, answer_length]``, the answer ids, EOS, then PAD."""
+        """The verified answers (after the scratchpad): int64 ``[n, verified_length]``, the ids, EOS, then PAD."""
         values, lengths = self.target_values(prompts)
         n = values.shape[0]
-        out = np.full((n, self.answer_length), self.pad_id, dtype=np.int64)
+        out = np.full((n, self.verified_length), self.pad_id, dtype=np.int64)
         width = values.shape[1]
         out[:, :width] = np.where(values >= 0, values + self.symbol_offset, self.pad_id)
         out[np.arange(n), lengths] = self.eos_id
         return out
+
+    def scratch_ids_by_rank(self) -> np.ndarray:
+        """The non-special ids in the fixed order of their scratchpad rank (rank 1 first): int64 ``[V − 4]``."""
+        ids = np.arange(self.symbol_offset, self.vocab_size, dtype=np.int64)
+        return np.random.default_rng(_SCRATCH_ORDER_SEED).permutation(ids)
+
+    def scratch_probabilities(self) -> np.ndarray:
+        """P(id) of a demonstration's scratchpad token: float64 ``[V]`` (0 for the special ids)."""
+        ranks = np.arange(1, self.vocab_size - self.symbol_offset + 1, dtype=np.float64)
+        weights = ranks ** (-self.scratch_zipf)
+        probs = np.zeros(self.vocab_size)
+        probs[self.scratch_ids_by_rank()] = weights / weights.sum()
+        return probs
+
+    def demonstrations(self, rng: np.random.Generator, prompts: np.ndarray) -> np.ndarray:
+        """Correct answers as a demonstrator writes them: int64 ``[n, answer_length]``, a scratchpad of
+        ``scratch_length`` Zipf tokens (module docstring) drawn from ``rng``, then ``targets(prompts)``."""
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        verified = self.targets(prompts)
+        if self.scratch_length == 0:
+            return verified
+        cdf = np.cumsum(self.scratch_probabilities())
+        u = rng.random((verified.shape[0], self.scratch_length)) * cdf[-1]
+        scratch = np.minimum(np.searchsorted(cdf, u, side="right"), self.vocab_size - 1)
+        return np.concatenate([scratch.astype(np.int64), verified], axis=1)
 
     # ------------------------------------------------------------------ scoring
     def score(self, prompts: np.ndarray, answers: np.ndarray) -> np.ndarray:
@@ -228,6 +272,10 @@ class TokenSequenceTask:
             raise ValueError(
                 f"answers must have shape [n={prompts.shape[0]}, m >= 1] to match prompts, got {answers.shape}"
             )
+        scratch_ok = ~(answers[:, : self.scratch_length] == self.eos_id).any(axis=1)
+        answers = answers[:, self.scratch_length :]
+        if answers.shape[1] == 0:  # nothing after the scratchpad: a format failure
+            return np.full(prompts.shape[0], -self.format_penalty)
         n, m = answers.shape
         target_values, target_lengths = self.target_values(prompts)
         is_eos = answers == self.eos_id
@@ -247,7 +295,7 @@ class TokenSequenceTask:
             reward = ((matches == target_lengths) & (answer_lengths == target_lengths)).astype(np.float64)
         else:
             reward = matches / np.maximum(answer_lengths, target_lengths)
-        return np.where(has_eos, reward, -self.format_penalty)
+        return np.where(has_eos & scratch_ok, reward, -self.format_penalty)
 
     # ------------------------------------------------------------------ display
     def describe_tokens(self, tokens: np.ndarray) -> str:

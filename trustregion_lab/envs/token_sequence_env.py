@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from trustregion_lab.envs._checks import check_token_action
 from trustregion_lab.envs.token_sequence import TokenSequenceTask
 
 __all__ = ["TokenSequenceEnv"]
@@ -41,6 +42,8 @@ class TokenSequenceEnv(gym.Env[np.ndarray, np.int64]):
         num_symbols: int = 10,
         reward_mode: str = "exact",
         format_penalty: float = 0.0,
+        scratch_length: int = 0,
+        scratch_zipf: float = 2.0,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -55,6 +58,8 @@ class TokenSequenceEnv(gym.Env[np.ndarray, np.int64]):
             num_symbols=num_symbols,
             reward_mode=reward_mode,
             format_penalty=format_penalty,
+            scratch_length=scratch_length,
+            scratch_zipf=scratch_zipf,
         )
         self.vocab_size = self.task.vocab_size
         self.render_mode = render_mode
@@ -91,20 +96,14 @@ class TokenSequenceEnv(gym.Env[np.ndarray, np.int64]):
         start = self.task.prompt_length
         return self._buffer[start : start + self._position].copy()
 
-    def step(self, action: int | np.integer) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Append one token: ``action`` is a token id (int, numpy int, or a 0-d integer array/tensor)."""
         if not self._started or self._done:
             raise RuntimeError("step() needs a running episode: call reset() first")
-        if isinstance(action, np.ndarray) and action.shape == ():
-            action = action[()]
-        if isinstance(action, bool | np.bool_) or not isinstance(action, int | np.integer):
-            raise TypeError(
-                f"action must be an int token id in [0, {self.vocab_size}), got {type(action).__name__}"
-            )
-        if not 0 <= action < self.vocab_size:
-            raise ValueError(f"action must be a token id in [0, {self.vocab_size}), got {action}")
+        action = check_token_action(action, self.vocab_size)
         self._buffer[self.task.prompt_length + self._position] = action
         self._position += 1
-        terminated = int(action) == self.task.eos_id
+        terminated = action == self.task.eos_id
         truncated = not terminated and self._position >= self.task.answer_length
         info: dict[str, Any] = {"answer_position": self._position}
         reward = 0.0

@@ -1,13 +1,15 @@
 """Training loops: GRPO-style trainers for the bandit (tabular policy) and the token-sequence task (transformer).
 
-Both use ``trustregion_lab.losses.policy_loss`` and ``trustregion_lab.masks`` unchanged, a rollout engine from
-``trustregion_lab.mismatch`` in the loop, several optimiser mini-batches per rollout batch, and log one tidy row
-per step. ``python -m trustregion_lab.train {bandit,sequence} --help`` lists every config field.
+Both run one step the same way (``trustregion_lab.train.base``: engine sync, rollout, π_old, update) with
+``trustregion_lab.losses.policy_loss`` and the masks unchanged, a rollout engine in the loop
+(``trustregion_lab.train.engine``), several optimiser mini-batches per rollout batch
+(``trustregion_lab.train.step.update``), and log one tidy row per step.
+``python -m trustregion_lab.train {bandit,sequence} --help`` lists every config field.
 """
 
-from trustregion_lab.train.bandit import BanditTrainer, train_bandit
+from trustregion_lab.train.bandit import BanditTrainer
 from trustregion_lab.train.config import BanditConfig, SequenceConfig, TrainConfig
-from trustregion_lab.train.sequence import SequenceTrainer, train_sequence
+from trustregion_lab.train.sequence import SequenceTrainer
 from trustregion_lab.train.variants import VARIANTS, Variant, resolve_variant
 
 __all__ = [
@@ -19,6 +21,4 @@ __all__ = [
     "TrainConfig",
     "Variant",
     "resolve_variant",
-    "train_bandit",
-    "train_sequence",
 ]

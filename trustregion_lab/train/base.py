@@ -1,12 +1,21 @@
-"""The trainer skeleton both trainers share: step loop, tidy rows, checkpoints that resume bit for bit.
+"""The trainer skeleton both trainers share: the step loop, tidy rows, checkpoints that resume bit for bit.
 
-A subclass sets ``self.policy`` (the trained module), ``self.optimizer``, ``self.rng`` (numpy Generator used
-for mini-batch order and prompts/contexts), ``self.sampler`` (the rollout engine) and implements
-``collect() -> (RolloutBatch, context)`` and ``logits_for(context, rows) -> [b, T, V]``.
+A step (``train_step``):
+    1. sync the engine: it serves the current weights, or those of ``staleness`` steps ago;
+    2. ``collect()``: the engine samples a rollout batch (subclass);
+    3. π_old: the trainer's own forward over the whole batch at the current weights, no gradient
+       (``old_logits``); it anchors the recompute variants, stands in for μ with the exact engine
+       (``engine="none"``) and gives the step's equal-weight diagnostics (``step.start_metrics``);
+    4. ``step.update``: epochs × mini-batches of the surrogate;
+    5. every ``eval_every`` steps an evaluation (subclass), then one tidy row.
+
+A subclass sets ``policy``, ``optimizer``, ``rng`` (numpy Generator for contexts/prompts and mini-batch order),
+``sampler`` (a ``TokenSampler``) and implements ``collect()`` and ``policy_logits(rows)``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -15,30 +24,50 @@ import numpy as np
 import pandas as pd
 import torch
 
+from trustregion_lab import divergence
+from trustregion_lab._io import atomic_torch_save
 from trustregion_lab.mismatch import StalePolicy
-from trustregion_lab.train.common import ROW_COLUMNS, RolloutBatch, atomic_torch_save, optimise_on_batch
+from trustregion_lab.policies import autocast, resolve_device
+from trustregion_lab.train import step as step_lib
+from trustregion_lab.train.batch import RolloutBatch
 from trustregion_lab.train.config import TrainConfig
+from trustregion_lab.train.engine import TokenSampler
 
-__all__ = ["CHECKPOINT_NAME", "Trainer", "make_optimizer", "rows_to_frame"]
+__all__ = ["CHECKPOINT_NAME", "ROW_COLUMNS", "TIMING_COLUMNS", "Trainer", "make_optimizer", "rows_to_frame"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# wall-clock columns: the only ones that differ between two runs of one seed
+TIMING_COLUMNS = ("tokens_per_s", "sample_tokens_per_s", "train_tokens_per_s", "time_s")
+ROW_COLUMNS = (
+    "variant",
+    "method",
+    "threshold_low",
+    "threshold_high",
+    "ratio_cap",
+    "anchor",
+    "engine",
+    "seed",
+    "step",
+    "reward",
+    *step_lib.START_METRICS,
+    *step_lib.UPDATE_METRICS,
+    *TIMING_COLUMNS,
+)
 
 
 def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """Adam or plain SGD at ``config.lr``."""
+    """Adam (β₁, β₂, ε from the config) or plain SGD at ``config.lr``."""
     if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr)
+        betas = (config.adam_beta1, config.adam_beta2)
+        return torch.optim.Adam(parameters, lr=config.lr, betas=betas, eps=config.adam_eps)
     return torch.optim.SGD(parameters, lr=config.lr)
 
 
 def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Tidy table: the standard columns first (NaN where a metric had no tokens), extras after."""
+    """Tidy table: the standard columns first, extras after (every row carries every standard column)."""
     frame = pd.DataFrame(rows)
-    for column in ROW_COLUMNS:
-        if column not in frame.columns:
-            frame[column] = np.nan
     extras = [c for c in frame.columns if c not in ROW_COLUMNS]
-    return frame[[*ROW_COLUMNS, *extras]]
+    return frame.reindex(columns=[*ROW_COLUMNS, *extras])
 
 
 class Trainer:
@@ -46,72 +75,151 @@ class Trainer:
 
     config: TrainConfig
     policy: torch.nn.Module
-    rollout_policy: torch.nn.Module
     optimizer: torch.optim.Optimizer
     rng: np.random.Generator
+    sampler: TokenSampler
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.variant = config.variant
+        self.variant = config.resolved_variant
         if config.threads > 0:
             torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        if config.bf16 and self.device.type != "cuda":
+            raise ValueError(
+                f"bf16 autocast applies only to CUDA; device {config.device!r} resolved to the CPU"
+            )
         self.step = 0
         self.rows: list[dict[str, Any]] = []
         self.stale = StalePolicy(config.staleness)
+        self.export_dir: Path | None = (
+            None  # set to write the per-token table of every step (docs/design.md §8)
+        )
 
     # subclasses -----------------------------------------------------------------------------------------
-    def collect(self) -> tuple[RolloutBatch, Any]:
+    def collect(self) -> RolloutBatch:
+        """Sample one rollout batch with ``self.sampler`` from the weights ``served_state`` holds."""
         raise NotImplementedError
 
-    def logits_for(self, context: Any, rows: torch.Tensor) -> torch.Tensor:
+    def policy_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """π_θ's logits `[b, T, V]` at the current batch's states for rows `[b]` (with gradient)."""
         raise NotImplementedError
 
-    def extra_metrics(self) -> dict[str, float]:
+    eval_columns: tuple[str, ...] = ()
+
+    def eval_due(self) -> bool:
+        """Whether this step ends with an evaluation (``evaluate`` fills ``eval_columns``; NaN otherwise)."""
+        return False
+
+    def evaluate(self) -> dict[str, float]:
         return {}
 
-    # shared ---------------------------------------------------------------------------------------------
-    def serving_policy(self) -> torch.nn.Module:
-        """The weights the rollout engine serves: the current ones, or those of ``staleness`` steps ago."""
-        if self.config.staleness == 0:
-            return self.policy
-        self.stale.push(self.policy.state_dict())
-        self.rollout_policy.load_state_dict(self.stale.rollout_params())
-        return self.rollout_policy
+    def row_extras(self) -> dict[str, float]:
+        """Per-run constants every row carries (e.g. the warm start's reward)."""
+        return {}
 
-    def update(self, batch: RolloutBatch, context: Any) -> dict[str, float]:
-        """``epochs × num_minibatches`` optimiser steps on one batch (``common.optimise_on_batch``)."""
-        return optimise_on_batch(
-            lambda rows: self.logits_for(context, rows),
+    @staticmethod
+    def exact_engine_report(batch: RolloutBatch) -> RolloutBatch:
+        """With ``engine="none"`` μ is π_old itself: the report is replaced by the trainer's own log-probs."""
+        old = torch.log_softmax(batch.old_logits, -1)
+        batch.rollout_logits = batch.old_logits  # logits of μ = π_old (normalised inside the divergences)
+        batch.rollout_logprob = batch.old_logprob.clone()
+        batch.topk_logprobs = torch.where(
+            batch.topk_ids >= 0, old.gather(-1, batch.topk_ids.clamp(min=0)), -torch.inf
+        )
+        return batch
+
+    # shared ---------------------------------------------------------------------------------------------
+    def sync_engine(self) -> dict[str, torch.Tensor]:
+        """Hand the engine its weights for this step: the current ones, or ``staleness`` steps old. Returns them."""
+        self.stale.push(self.policy.state_dict())
+        return self.stale.rollout_params()
+
+    def _logits(self, rows: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.config.bf16):
+            return self.policy_logits(rows)
+
+    @torch.no_grad()
+    def prepare(self, batch: RolloutBatch) -> dict[str, float]:
+        """Step 3: π_old over the whole batch (``old_logits``, ``old_logprob``); with the exact engine it becomes
+        μ. Returns the equal-weight diagnostics (``step.start_metrics``)."""
+        logits = self._logits(torch.arange(batch.num_rows, device=batch.tokens.device)).float()
+        batch.old_logits = logits
+        batch.old_logprob = torch.log_softmax(logits, -1).gather(-1, batch.tokens.unsqueeze(-1)).squeeze(-1)
+        if self.config.engine == "none":
+            self.exact_engine_report(batch)
+        return step_lib.start_metrics(batch)
+
+    @torch.no_grad()
+    def export_tokens(self, batch: RolloutBatch) -> Path:
+        """Write the step's per-token table (docs/design.md §8) to ``export_dir/step_<n>.parquet``: the engine's
+        and the trainer's log-probs at equal weights (π_old), advantages, the reported top-K with π_old's log-probs
+        there, and the exact TV/KL of each token's state, which only a toy knows. Returns the path."""
+        from trustregion_lab.report import from_arrays, token_table_path, write_token_table
+
+        ids = batch.topk_ids
+        old = torch.log_softmax(batch.old_logits, -1)
+        frame = from_arrays(
+            step=self.step + 1,
+            token_ids=batch.tokens,
+            response_mask=batch.response_mask,
+            rollout_logprob=batch.rollout_logprob,
+            logprob=batch.old_logprob,
+            advantages=batch.advantages,
+            reward=batch.rewards,
+            tv_exact=divergence.tv(batch.rollout_logits, batch.old_logits),
+            kl_exact=divergence.kl(batch.rollout_logits, batch.old_logits),
+            topk_ids=ids,
+            rollout_topk_logprobs=batch.topk_logprobs,
+            topk_logprobs=old.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, -torch.inf),
+            source="trustregion_lab",
+        )
+        path = token_table_path(self.export_dir, self.step + 1)
+        write_token_table(frame, path)
+        return path
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """Step 4: epochs × mini-batches of the surrogate on a prepared batch (``step.update``)."""
+        return step_lib.update(
+            self._logits,
             batch,
             optimizer=self.optimizer,
             parameters=[p for p in self.policy.parameters() if p.requires_grad],
             config=self.config,
             variant=self.variant,
             rng=self.rng,
-            bf16=self.config.bf16,
         )
 
     def train_step(self) -> dict[str, Any]:
-        """One rollout batch and its optimisation pass; appends and returns the step's row."""
+        """One rollout batch and its optimisation; appends and returns the step's row."""
         start = time.perf_counter()
         self.sampler.begin_step(self.step)
-        batch, context = self.collect()
+        self.batch = batch = self.collect()
         sampled = time.perf_counter()
-        metrics = self.update(batch, context)
+        row_start = self.prepare(batch)
+        if self.export_dir is not None:
+            self.export_tokens(batch)
+        metrics = self.update(batch)
         done = time.perf_counter()
-        tokens = batch.num_tokens
         self.step += 1
+        evaluation = self.evaluate() if self.eval_due() else dict.fromkeys(self.eval_columns, math.nan)
+        tokens = batch.num_tokens
+        v = self.variant
         row: dict[str, Any] = {
-            "method": self.config.method,
-            # the thresholds actually applied (a variant's own unless low/high were set)
-            "mask_method": self.config.variant.method,
-            "threshold_low": self.config.variant.low,
-            "threshold_high": self.config.variant.high,
+            "variant": self.config.variant,
+            "method": v.method,
+            "threshold_low": v.low,
+            "threshold_high": v.high,
+            "ratio_cap": v.ratio_cap,
+            "anchor": v.anchor,
+            "engine": self.config.engine,
             "seed": self.config.seed,
             "step": self.step,
-            "reward": float(batch.rewards.float().mean()),
+            "reward": float(batch.rewards.double().mean()),
+            **row_start,
             **metrics,
-            **self.extra_metrics(),
+            **evaluation,
+            **self.row_extras(),
             "tokens_per_s": tokens / max(done - start, 1e-9),
             "sample_tokens_per_s": tokens / max(sampled - start, 1e-9),
             "train_tokens_per_s": tokens * self.config.epochs / max(done - sampled, 1e-9),
@@ -121,8 +229,9 @@ class Trainer:
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue bit for bit: weights, optimiser, RNGs, engine, rows."""
+        """Everything a resumed run needs to continue bit for bit: weights, optimiser, RNGs, stale weights, rows."""
         return {
+            "format": "trustregion_lab.checkpoint/1",
             "config": self.config.to_dict(),
             "step": self.step,
             "policy": self.policy.state_dict(),
@@ -151,7 +260,17 @@ class Trainer:
         atomic_torch_save(self.state_dict(), path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        """Resume from ``path``; a file that is not a complete checkpoint of this package is a ValueError."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # truncated zip, pickle garbage, ...
+            raise ValueError(
+                f"checkpoint {path} is not a trustregion_lab checkpoint or is truncated ({type(exc).__name__}); "
+                "delete it to start over"
+            ) from None
+        if not isinstance(state, dict) or state.get("format") != "trustregion_lab.checkpoint/1":
+            raise ValueError(f"checkpoint {path} is not a trustregion_lab checkpoint or is truncated")
+        self.load_state_dict(state)
 
     def should_stop(self) -> bool:
         return False

@@ -1,41 +1,39 @@
 """``python -m trustregion_lab.train {bandit,sequence} [--field value ...]``: one training run, table to CSV.
 
 The options are generated from the config dataclasses (``BanditConfig``, ``SequenceConfig``), so ``--help``
-lists every field with its default and help text.
+lists every field with its default and help text. Exit codes: 0 done; 2 a bad request (a field's value, an
+output path that cannot be written, a checkpoint that is not one), reported in one line before any training;
+1 an error while training, shown with its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
-import tempfile
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
+from trustregion_lab._io import atomic_write_csv
+from trustregion_lab.train.base import CHECKPOINT_NAME
 from trustregion_lab.train.config import BanditConfig, SequenceConfig, TrainConfig
 
-__all__ = ["add_config_arguments", "build_parser", "config_from_args", "main", "write_csv"]
+__all__ = ["add_config_arguments", "build_parser", "config_from_args", "main"]
 
 COMMANDS: dict[str, type[TrainConfig]] = {"bandit": BanditConfig, "sequence": SequenceConfig}
 SUMMARY_COLUMNS = [
     "step",
     "reward",
     "entropy",
+    "mismatch_mean",
     "tv_exact",
-    "kl_exact",
     "mismatch_k3",
     "mask_frac",
     "grad_norm",
 ]
-
-
-def _parse_float(text: str) -> float:
-    return float(text)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[TrainConfig]) -> None:
@@ -51,12 +49,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[Train
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
             )
             continue
-        if hint is int:
-            kind = int
-        elif hint in (float, float | None):
-            kind = _parse_float
-        else:
-            kind = str
+        kind = int if hint is int else float if hint in (float, float | None) else str
         group.add_argument(
             flag, dest=f.name, type=kind, default=f.default, metavar=f.name.upper(), help=help_text
         )
@@ -65,9 +58,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[Train
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trustregion_lab.train",
-        description="Train with a trust-region variant (GRPO ratio clip, DPPO masks, PG-IS, ...) and write the "
-        "tidy per-step table (method, seed, step, reward, entropy, tv_exact, kl_exact, mismatch_k1/k3, mask "
-        "fractions, grad_norm, tokens_per_s, ...).",
+        description="Train with a trust-region variant (GRPO ratio clip, DPPO masks, PG-IS, CISPO, MiniRL, ...) and "
+        "write the tidy per-step table (variant, method, seed, step, reward, mismatch_mean/max/min, entropy, "
+        "tv_exact, kl_exact, mismatch_k1/k3, mask fractions, grad_norm, tokens_per_s, ...).",
+        epilog="example:\n  python -m trustregion_lab.train sequence --variant dppo_binary_tv --engine model-bf16 "
+        "--steps 50 --out results/run.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{bandit,sequence}")
     for name, cls in COMMANDS.items():
@@ -77,7 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--checkpoint-dir",
             default="",
-            help="folder for checkpoint.pt (written every --checkpoint-every steps, every step when that is 0): a killed run resumes from it",
+            help="folder for checkpoint.pt (written every --checkpoint-every steps, every step when that is 0): "
+            "a killed run resumes from it",
+        )
+        p.add_argument(
+            "--export-tokens",
+            default="",
+            metavar="DIR",
+            help="write every step's per-token table (engine and trainer log-probs, advantages, top-K, exact TV of "
+            "the state) to DIR/step_<n>.parquet, the input of `python -m trustregion_lab.report DIR`",
         )
         add_config_arguments(p, cls)
     return parser
@@ -86,40 +90,64 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cls = COMMANDS[args.command]
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    for name in ("low", "high", "ratio_cap"):  # NaN on the command line is "not set"
+        if isinstance(values.get(name), float) and math.isnan(values[name]):
+            values[name] = None
     return cls(**values)
 
 
-def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``frame`` to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            frame.to_csv(handle, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _writable_folder(folder: Path, what: str) -> None:
+    """Raise ValueError unless ``folder`` exists as a writable folder or can be created."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{what}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{what}: cannot write into {probe} (permission denied)")
+
+
+def check_output_paths(out: str, checkpoint_dir: str) -> None:
+    """Refuse outputs that would fail only after training: --out a folder or unwritable, --checkpoint-dir a file."""
+    if out:
+        path = Path(out)
+        if path.is_dir():
+            raise ValueError(f"--out {out} is a folder; give a CSV file name such as {path / 'table.csv'}")
+        _writable_folder(path.parent if str(path.parent) else Path("."), f"--out {out}")
+    if checkpoint_dir:
+        folder = Path(checkpoint_dir)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--checkpoint-dir {checkpoint_dir} is a file; give a folder")
+        _writable_folder(folder, f"--checkpoint-dir {checkpoint_dir}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    try:  # everything that can be wrong with the request is found before training starts
         config = config_from_args(args)
         if args.checkpoint_dir and config.checkpoint_every == 0:
             config = dataclasses.replace(config, checkpoint_every=1)  # a checkpoint folder means: checkpoint
+        check_output_paths(args.out, args.checkpoint_dir)
+        if args.export_tokens:
+            _writable_folder(Path(args.export_tokens), f"--export-tokens {args.export_tokens}")
         if args.command == "bandit":
             from trustregion_lab.train.bandit import BanditTrainer as trainer_cls
         else:
             from trustregion_lab.train.sequence import SequenceTrainer as trainer_cls
-        table = trainer_cls(config).train(args.checkpoint_dir or None)
-    except (ValueError, TypeError) as exc:  # bad values found while building the trainer or on its first step
+        trainer = trainer_cls(config)
+        trainer.export_dir = Path(args.export_tokens) if args.export_tokens else None
+        checkpoint = Path(args.checkpoint_dir) / CHECKPOINT_NAME if args.checkpoint_dir else None
+        if checkpoint is not None and checkpoint.exists():
+            trainer.load_checkpoint(checkpoint)
+    except (ValueError, TypeError) as exc:
         parser.error(str(exc))
+    table = trainer.train(args.checkpoint_dir or None)  # errors here are bugs: traceback, exit 1
     if args.out:
-        write_csv(table, args.out)
+        try:
+            atomic_write_csv(args.out, table)
+        except OSError as exc:
+            parser.error(f"cannot write --out {args.out}: {exc.strerror or exc}")
         print(f"wrote {len(table)} rows to {args.out}")
     every = max(1, len(table) // 10)
     shown = table.iloc[sorted(set(range(0, len(table), every)) | {len(table) - 1})]

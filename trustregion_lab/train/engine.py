@@ -1,12 +1,18 @@
-"""The rollout engine as the trainers use it: π's logits in, sampled tokens and μ's log-probs out.
+"""The rollout engine as the trainers use it: next-token logits in, a sampled token and the engine's report out.
 
-``Sampler(name, topk, seed)``: ``name="none"`` is the exact engine (μ = π bit for bit: the engine's logits are π's
-and its log-probs are the trainer's own float32 ``log_softmax``), so with one optimiser pass per rollout batch
-every ratio is exactly 1. Any other name is a preset of ``trustregion_lab.mismatch.ENGINE_PRESETS`` ("exact",
-"bf16", "bf16_noisy", "moe"), run by ``trustregion_lab.mismatch.RolloutEngine``, so μ ≠ π even at equal weights.
+Engines (``ENGINE_NAMES``; docs/design.md §3):
+- ``"none"``: exact. μ = softmax of the logits handed over, drawn exactly; the trainers then report μ as their
+  own π_old, so at equal weights every ratio is exactly 1.
+- ``"fp32"``, ``"bf16"``, ``"bf16_noisy"``, ``"moe"``: the logit simulators of ``trustregion_lab.mismatch``
+  (``ENGINE_PRESETS``, run by ``RolloutEngine``): rounding, kernel noise and routing flips applied to the
+  trainer's logits, drawn afresh on every call and independent of the weights.
+- ``"model-bf16"``, ``"model-fp16"``, ``"model-fp32"`` (sequence trainer): a second implementation of the same
+  transformer, its weights cast to that precision at each weight sync and decoded with its own KV-cache
+  forward in that precision; μ = the log-softmax of its logits. The mismatch then depends on the weights.
 
-Randomness is a pure function of (seed, step): ``begin_step(step)`` re-seeds the engine from
-``SeedSequence([seed, step])``, so a checkpoint needs no engine state to resume bit for bit.
+``TokenSampler`` draws one token per row: ``begin_step(step)`` re-seeds all randomness from (seed, step), so a
+checkpoint needs no engine state to resume bit for bit; ``sample(logits [N, V])`` returns an ``EngineSample``.
+Top-K reports follow ``topk_rule`` (``trustregion_lab.mismatch.apply_set_rule``).
 """
 
 from __future__ import annotations
@@ -17,16 +23,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trustregion_lab.mismatch import ENGINE_PRESETS, EngineConfig, RolloutEngine
+from trustregion_lab.mismatch import ENGINE_PRESETS, RolloutEngine, apply_set_rule, sample_categorical
 
-__all__ = ["ENGINE_NAMES", "EngineSample", "Sampler"]
+__all__ = ["ENGINE_NAMES", "MODEL_ENGINES", "EngineSample", "TokenSampler"]
 
-ENGINE_NAMES = ("none", *ENGINE_PRESETS)
+MODEL_ENGINES = {"model-bf16": "bf16", "model-fp16": "fp16", "model-fp32": "fp32"}
+ENGINE_NAMES = ("none", *ENGINE_PRESETS, *MODEL_ENGINES)
 
 
 @dataclass
 class EngineSample:
-    """tokens [N] int64; logprob [N] log μ(a); engine_logits [N, V] log μ; topk_ids / topk_logprobs [N, K]."""
+    """tokens `[N]` int64; logprob `[N]` log μ(a); engine_logits `[N, V]` log μ; topk_ids / topk_logprobs `[N, K']`."""
 
     tokens: torch.Tensor
     logprob: torch.Tensor
@@ -35,67 +42,58 @@ class EngineSample:
     topk_logprobs: torch.Tensor
 
 
-def check_engine_name(name: str) -> None:
-    if name not in ENGINE_NAMES:
-        raise ValueError(f"engine must be one of {list(ENGINE_NAMES)}, got {name!r}")
+class TokenSampler:
+    """Draws one token per row from the engine's μ (module docstring).
 
-
-class Sampler:
-    """Draws one token per state. ``begin_step(step)`` then ``sample(logits [N, V]) -> EngineSample``.
-
-    The engine reports ``topk`` ids with the "topk_replace_last" rule (always K ids, the sampled one among them).
+    engine: a name of ENGINE_NAMES; topk, topk_rule: the reported set; seed: plain int.
+    For ``"none"`` and the model engines, ``sample`` takes the engine's own logits (μ = their softmax); for the
+    simulators it takes the trainer's logits and applies the preset's numeric model.
     """
 
-    def __init__(self, name: str, topk: int, seed: int) -> None:
-        check_engine_name(name)
-        self.name = name
+    def __init__(self, engine: str, topk: int, topk_rule: str, seed: int) -> None:
+        if engine not in ENGINE_NAMES:
+            raise ValueError(f"engine must be one of {list(ENGINE_NAMES)}, got {engine!r}")
+        self.engine = engine
         self.topk = topk
+        self.topk_rule = topk_rule
         self.seed = seed
-        self.engine_config: EngineConfig | None = None
-        if name != "none":
-            self.engine_config = dataclasses.replace(
-                ENGINE_PRESETS[name], topk=topk, topk_rule="topk_replace_last"
-            )
-        self._engine: RolloutEngine | None = None
-        self._generator: torch.Generator | None = None
-        self._step_seed = 0
+        self.simulator = None
+        if engine in ENGINE_PRESETS:
+            self.simulator = dataclasses.replace(ENGINE_PRESETS[engine], topk=topk, topk_rule=topk_rule)
         self.begin_step(0)
 
     def begin_step(self, step: int) -> None:
         """Re-seed all sampling randomness from (seed, step)."""
         self._step_seed = int(np.random.SeedSequence([self.seed, step]).generate_state(1, dtype=np.uint32)[0])
-        self._generator = None
-        self._engine = (
-            None if self.engine_config is None else RolloutEngine(self.engine_config, self._step_seed)
+        self._generators: dict[str, torch.Generator] = {}
+        self._rollout_engine = (
+            None if self.simulator is None else RolloutEngine(self.simulator, self._step_seed)
         )
 
-    def _exact(self, logits: torch.Tensor) -> EngineSample:
-        if self._generator is None or self._generator.device != logits.device:
-            self._generator = torch.Generator(device=logits.device).manual_seed(self._step_seed)
-        logp_all = torch.log_softmax(logits, dim=-1)
-        cdf = logp_all.double().exp().cumsum(-1)
-        u = torch.rand(logits.shape[0], generator=self._generator, device=logits.device, dtype=torch.float64)
-        tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
-        tokens = tokens.clamp(max=logits.shape[-1] - 1)
-        logprob = logp_all.gather(-1, tokens[:, None])[:, 0]
-        k = min(self.topk, logits.shape[-1])
-        topk_logprobs, topk_ids = logp_all.topk(k, dim=-1)
-        missing = ~(topk_ids == tokens[:, None]).any(-1)
-        topk_ids[missing, -1] = tokens[missing]
-        topk_logprobs[missing, -1] = logprob[missing]
-        return EngineSample(tokens, logprob, logits, topk_ids, topk_logprobs)
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self._step_seed)
+        return self._generators[key]
 
+    @torch.no_grad()
     def sample(self, logits: torch.Tensor) -> EngineSample:
-        """Sample from μ = engine(logits): logits [N, V] (float, any device) -> EngineSample on that device."""
+        """One token per row: logits `[N, V]` (any float dtype, any device) → EngineSample (float32 log-probs)."""
         if logits.ndim != 2:
             raise ValueError(f"logits must have shape [N, vocab], got {tuple(logits.shape)}")
-        logits = logits.detach().float()
-        if self._engine is None:
-            return self._exact(logits)
-        out = self._engine.sample(logits)
-        return EngineSample(out.tokens, out.logprob, out.engine_logits, out.topk_ids, out.topk_logprobs)
-
-
-def make_sampler(name: str, topk: int, seed: int) -> Sampler:
-    """A ``Sampler`` for engine ``name`` ("none" = exact, else a mismatch preset), ``topk`` ids, seeded by ``seed``."""
-    return Sampler(name, topk, seed)
+        if self._rollout_engine is not None:
+            out = self._rollout_engine.sample(logits.detach().float())
+            return EngineSample(out.tokens, out.logprob, out.engine_logits, out.topk_ids, out.topk_logprobs)
+        log_mu = torch.log_softmax(logits.detach().float(), dim=-1)
+        u = torch.rand(
+            log_mu.shape[0],
+            generator=self._generator(log_mu.device),
+            dtype=torch.float64,
+            device=log_mu.device,
+        )
+        tokens = sample_categorical(log_mu.double().exp(), u)
+        k = min(self.topk, log_mu.shape[-1])
+        ids = apply_set_rule(log_mu.topk(k, dim=-1).indices, tokens, self.topk_rule)
+        topk_logprobs = torch.where(ids >= 0, log_mu.gather(-1, ids.clamp(min=0)), -torch.inf)
+        logprob = log_mu.gather(-1, tokens[:, None])[:, 0]
+        return EngineSample(tokens, logprob, log_mu, ids, topk_logprobs)

@@ -1,27 +1,39 @@
-"""Sweep presets of the trainers: ``bandit-train`` and ``sequence-train`` (kind "training").
+"""Sweep presets of the trainers: ``bandit-train`` and ``sequence-train``.
 
 Each compares trust-region variants (``trustregion_lab.train.variants.VARIANTS``: GRPO ratio clip 0.2/0.2,
 clip-higher 0.2/0.28, PG-IS (no region), DPPO Binary-TV/-KL, Top-K TV and exact TV at the paper's thresholds,
 and MiniRL, the ratio clip anchored on the recomputed π_old) with the rollout engine off (``engine="none"``:
 μ = π at equal weights) and on (a ``trustregion_lab.mismatch`` preset), over seeds. The settings reuse each
 rollout batch for several mini-batches and epochs at a large learning rate, so the trust region binds (with one
-pass per batch the ratio is 1 and nothing separates the methods; DESIGN §5).
+pass per batch the ratio is 1 and nothing separates the variants; docs/design.md §5).
 
-Run with ``python -m trustregion_lab.sweep --preset bandit-train`` (or ``sequence-train``); ``low``/``high``
-< 0 mean "the variant's thresholds".
+The parameters are the fields of the trainer's config dataclass (grid key ``variant`` names the variant);
+``low``, ``high`` and ``ratio_cap`` < 0 mean "the variant's own". A configuration is validated by building that
+dataclass; the figures are `trustregion_lab.plots.training_figures`.
+
+Run with ``python -m trustregion_lab.sweep --preset bandit-train`` (or ``sequence-train``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 
+from trustregion_lab import plots
 from trustregion_lab.experiment import Preset
 from trustregion_lab.train.config import BanditConfig, SequenceConfig, TrainConfig
 
-__all__ = ["COMPARED_VARIANTS", "PRESETS", "run_bandit_preset", "run_sequence_preset"]
+__all__ = [
+    "COMPARED_VARIANTS",
+    "PRESETS",
+    "run_bandit_preset",
+    "run_sequence_preset",
+    "validate_bandit_preset",
+    "validate_sequence_preset",
+]
 
 COMPARED_VARIANTS = (
     "ppo",
@@ -35,6 +47,7 @@ COMPARED_VARIANTS = (
 )
 # run-level fields that are not experiment parameters
 _NOT_PARAMETERS = ("seed", "device", "bf16", "checkpoint_every", "cache_dir", "threads")
+_OWN = -1.0  # a value < 0 of an optional field (low, high, ratio_cap): the variant's own
 
 BANDIT_SETTINGS: dict[str, Any] = {
     "family": "high_entropy",
@@ -62,15 +75,16 @@ def _defaults(cls: type[TrainConfig], settings: dict[str, Any]) -> dict[str, Any
         if f.name in _NOT_PARAMETERS:
             continue
         value = settings.get(f.name, f.default)
-        values[f.name] = -1.0 if value is None else value  # low/high: < 0 = the variant's own
+        values[f.name] = _OWN if value is None else value
     return values
 
 
 def _config(cls: type[TrainConfig], config: dict[str, Any], seed: int) -> TrainConfig:
-    values = dict(config)
-    for name in ("low", "high"):
-        if name in values and values[name] is not None and values[name] < 0:
-            values[name] = None
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is None}
+    values = {
+        name: None if name in optional and isinstance(value, int | float) and value < 0 else value
+        for name, value in config.items()
+    }
     return cls.from_dict({**values, "seed": int(seed)})
 
 
@@ -88,25 +102,53 @@ def run_sequence_preset(config: dict[str, Any], seed: int) -> pd.DataFrame:
     return SequenceTrainer(_config(SequenceConfig, config, seed)).train()
 
 
+def validate_bandit_preset(config: dict[str, Any]) -> None:
+    """Build the run's BanditConfig (ValueError/TypeError naming the field); trains nothing."""
+    _config(BanditConfig, config, 0)
+
+
+def validate_sequence_preset(config: dict[str, Any]) -> None:
+    """Build the run's SequenceConfig (ValueError/TypeError naming the field); trains nothing."""
+    _config(SequenceConfig, config, 0)
+
+
+def _preset(
+    name: str,
+    help_text: str,
+    cls: type[TrainConfig],
+    settings: dict[str, Any],
+    run: Callable[[dict, int], pd.DataFrame],
+    validate: Callable[[dict], None],
+) -> Preset:
+    return Preset(
+        name=name,
+        help=help_text,
+        run=run,
+        defaults=_defaults(cls, settings),
+        grid={"variant": list(COMPARED_VARIANTS), "engine": ["none", "moe"]},
+        seeds=3,
+        validate=validate,
+        figures=plots.training_figures,
+    )
+
+
 PRESETS: list[Preset] = [
-    Preset(
-        name="bandit-train",
-        help="GRPO on the V = 1,000 bandit with a tabular policy: ratio clip vs DPPO masks vs PG-IS vs MiniRL, "
+    _preset(
+        "bandit-train",
+        "GRPO on the V = 1,000 bandit with a tabular policy: ratio clip vs DPPO masks vs PG-IS vs MiniRL, "
         "rollout engine exact ('none') or mismatched ('moe'); reward and exact TV/KL(μ‖π) per step.",
-        run=run_bandit_preset,
-        defaults=_defaults(BanditConfig, BANDIT_SETTINGS),
-        grid={"method": list(COMPARED_VARIANTS), "engine": ["none", "moe"]},
-        seeds=3,
-        kind="training",
+        BanditConfig,
+        BANDIT_SETTINGS,
+        run_bandit_preset,
+        validate_bandit_preset,
     ),
-    Preset(
-        name="sequence-train",
-        help="GRPO with the warm-started transformer on 'reverse': the same variants, engine exact vs "
-        "mismatched; reward and exact TV/KL(μ‖π) per step.",
-        run=run_sequence_preset,
-        defaults=_defaults(SequenceConfig, SEQUENCE_SETTINGS),
-        grid={"method": list(COMPARED_VARIANTS), "engine": ["none", "moe"]},
-        seeds=3,
-        kind="training",
+    _preset(
+        "sequence-train",
+        "GRPO with the warm-started transformer on 'reverse': the same variants, engine exact ('none') vs "
+        "mismatched ('moe'); reward and exact TV/KL(μ‖π) per step.",
+        SequenceConfig,
+        SEQUENCE_SETTINGS,
+        run_sequence_preset,
+        validate_sequence_preset,
     ),
 ]

@@ -1,33 +1,37 @@
 """Sequence trainer: GRPO with the decoder transformer on the token-sequence task.
 
-Each step: ``prompts_per_step`` prompts, ``group_size`` answers each, decoded token by token with the rollout
-engine (batched over all B = prompts × group rows; the engine turns π's logits into μ's and samples from μ),
-verifier rewards (exact match or partial credit), group-normalised advantages, then ``epochs ×
-num_minibatches`` optimiser steps on ``trustregion_lab.losses.policy_loss`` with the chosen variant and
-aggregation. Positions after the first EOS are padding (``response_mask`` False).
+Each step: ``prompts_per_step`` prompts, ``group_size`` answers each, decoded by the rollout engine with a KV
+cache (``trustregion_lab.policies.decoding.KVCacheDecoder``; batched over all B = prompts × group rows): the
+model engines decode in their own precision and μ is the softmax of their logits; ``"none"`` and the logit
+simulators decode in fp32 and the simulators perturb each step's logits. Then verifier rewards, group
+advantages, and ``epochs × num_minibatches`` optimiser steps on the trainer's fp32 full forward. Positions
+after the first EOS are padding (``response_mask`` False); decoding stops once every row has ended.
 
 The model first gets a cached supervised warm start (``trustregion_lab.train.warm_start``); the table reports
-its start reward in the columns ``start_reward_greedy`` and ``start_reward_sampled``.
+its start reward (``start_reward_greedy``, ``start_reward_sampled``) and, every ``eval_every`` steps, an fp32
+evaluation on held-out prompts (``eval_reward_greedy``, ``eval_reward_sampled``).
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from trustregion_lab.envs.token_sequence import TokenSequenceTask
-from trustregion_lab.policies import DecoderTransformer, TransformerConfig, resolve_device
+from trustregion_lab.policies import DecoderTransformer, TransformerConfig
+from trustregion_lab.policies.decoding import KVCacheDecoder
 from trustregion_lab.train.base import Trainer, make_optimizer
-from trustregion_lab.train.common import RolloutBatch, group_advantages
+from trustregion_lab.train.batch import RolloutBatch, group_advantages
 from trustregion_lab.train.config import SequenceConfig
-from trustregion_lab.train.engine import make_sampler
-from trustregion_lab.train.warm_start import warm_start_cached
+from trustregion_lab.train.engine import MODEL_ENGINES, TokenSampler
+from trustregion_lab.train.prompts import prompt_pool_cached
+from trustregion_lab.train.warm_start import evaluate_answers, warm_start_cached
 
-__all__ = ["SequenceTrainer", "build_model", "train_sequence"]
+__all__ = ["SequenceTrainer", "build_model"]
+
+_EVAL_SEED = 0xE7A1
 
 
 def build_model(config: SequenceConfig, task: TokenSequenceTask, device: torch.device) -> DecoderTransformer:
@@ -49,11 +53,12 @@ def build_model(config: SequenceConfig, task: TokenSequenceTask, device: torch.d
 class SequenceTrainer(Trainer):
     """GRPO on the token-sequence task; ``train()`` returns the tidy table (one row per step)."""
 
+    eval_columns = ("eval_reward_greedy", "eval_reward_sampled")
+
     def __init__(self, config: SequenceConfig) -> None:
         if not isinstance(config, SequenceConfig):
             raise TypeError(f"config must be a SequenceConfig, got {type(config).__name__}")
         super().__init__(config)
-        self.device = resolve_device(config.device)
         self.task = TokenSequenceTask(
             config.task,
             vocab_size=config.vocab_size,
@@ -62,15 +67,13 @@ class SequenceTrainer(Trainer):
         )
         self.policy = build_model(config, self.task, self.device)
         start = time.perf_counter()
+        self.warm_start_stats = {"start_reward_greedy": float("nan"), "start_reward_sampled": float("nan")}
         key = {
-            "task": config.task,
-            "vocab_size": config.vocab_size,
-            "max_length": config.max_length,
+            "task": repr(self.task),
             "reward_mode": config.reward_mode,  # the cached start-reward stats are scored with it
             "model": self.policy.config.to_dict(),
             "device": self.device.type,
         }
-        self.warm_start_stats = {"start_reward_greedy": float("nan"), "start_reward_sampled": float("nan")}
         if config.warm_start_steps > 0:
             self.warm_start_stats = warm_start_cached(
                 self.policy,
@@ -83,64 +86,98 @@ class SequenceTrainer(Trainer):
                 seed=config.seed,
                 cache_dir=config.cache_dir,
             )
+        self.pool = None
+        if config.prompt_pool:
+            pool_key = {
+                **key,
+                "warm_start": [config.warm_start_steps, config.warm_start_lr, config.warm_start_batch],
+            }
+            pool_key["warm_start"] += [config.warm_start_noise, config.seed]
+            self.pool = prompt_pool_cached(
+                self.policy,
+                self.task,
+                key=pool_key,
+                cache_dir=config.cache_dir,
+                size=config.prompt_pool,
+                eval_size=config.eval_prompts,
+                candidates=config.pool_candidates,
+                samples=config.pool_samples,
+                low=config.pool_min_success,
+                high=config.pool_max_success,
+                seed=config.seed,
+            )
         self.warm_start_seconds = time.perf_counter() - start
-        self.rollout_policy = build_model(config, self.task, self.device)
+        self.served = build_model(config, self.task, self.device)
+        self.decoder = KVCacheDecoder(self.served, MODEL_ENGINES.get(config.engine, "fp32"))
         self.optimizer = make_optimizer(config, list(self.policy.parameters()))
         self.rng = np.random.default_rng([config.seed, 0x5E])
-        self.sampler = make_sampler(config.engine, config.engine_topk, config.seed)
+        self.eval_prompts = self.task.sample_prompts(
+            np.random.default_rng([config.seed, _EVAL_SEED]), config.eval_prompts
+        )
+        self.sampler = TokenSampler(config.engine, config.engine_topk, config.topk_rule, config.seed)
 
     @torch.no_grad()
-    def collect(self) -> tuple[RolloutBatch, torch.Tensor]:
-        """Decode one rollout batch; returns (batch, model inputs [B, prompt + answer − 1])."""
+    def collect(self) -> RolloutBatch:
+        """Decode one rollout batch with the engine at the served weights (module docstring)."""
         cfg, task = self.config, self.task
-        prompts = np.repeat(task.sample_prompts(self.rng, cfg.prompts_per_step), cfg.group_size, axis=0)
-        sequence = torch.as_tensor(prompts, dtype=torch.int64, device=self.device)
-        serving = self.serving_policy()
-        steps = []
-        for _ in range(task.answer_length):
-            logits = serving(sequence)[:, -1].float()
+        self.served.load_state_dict(self.sync_engine())
+        self.decoder.load_weights(self.served)
+        if self.pool is None:
+            chosen = task.sample_prompts(self.rng, cfg.prompts_per_step)
+        else:
+            chosen = self.pool.prompts[
+                self.rng.choice(len(self.pool.prompts), cfg.prompts_per_step, replace=False)
+            ]
+        prompts = np.repeat(chosen, cfg.group_size, axis=0)
+        prompt_ids = torch.as_tensor(prompts, dtype=torch.int64, device=self.device)
+        logits = self.decoder.prefill(prompt_ids)
+        samples, ended = [], torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=self.device)
+        for t in range(task.answer_length):
             sample = self.sampler.sample(logits)
-            steps.append(sample)
-            sequence = torch.cat([sequence, sample.tokens[:, None]], dim=1)
-        tokens = torch.stack([s.tokens for s in steps], dim=1)
-        ended_before = torch.cumsum((tokens == task.eos_id).int(), dim=1) - (tokens == task.eos_id).int()
-        response_mask = ended_before == 0
-        rewards = np.asarray(task.score(prompts, tokens.cpu().numpy()), dtype=np.float32)
-        advantages = group_advantages(rewards, cfg.group_size, cfg.adv_norm)
-        inputs = sequence[:, :-1]
-        old_logprob = old_logits = None
-        if self.variant.anchor == "recompute":
-            old_logits = self.policy(inputs)[:, task.prompt_length - 1 :].float()
-            old_logprob = torch.log_softmax(old_logits, -1).gather(-1, tokens[..., None])[..., 0]
-        batch = RolloutBatch(
+            samples.append(sample)
+            ended |= sample.tokens == task.eos_id
+            if bool(ended.all()) or t == task.answer_length - 1:
+                break
+            logits = self.decoder.step(sample.tokens)
+        tokens = torch.stack([s.tokens for s in samples], dim=1)
+        is_eos = (tokens == task.eos_id).int()
+        response_mask = (torch.cumsum(is_eos, dim=1) - is_eos) == 0
+        answers = np.full((tokens.shape[0], task.answer_length), task.pad_id, dtype=np.int64)
+        answers[:, : tokens.shape[1]] = tokens.cpu().numpy()
+        rewards = np.asarray(task.score(prompts, answers), dtype=np.float32)
+        self.inputs = torch.cat([prompt_ids, tokens[:, :-1]], dim=1)
+        return RolloutBatch(
             tokens=tokens,
-            rollout_logprob=torch.stack([s.logprob for s in steps], dim=1),
-            rollout_logits=torch.stack([s.engine_logits for s in steps], dim=1),
-            topk_ids=torch.stack([s.topk_ids for s in steps], dim=1),
-            topk_logprobs=torch.stack([s.topk_logprobs for s in steps], dim=1),
+            rollout_logprob=torch.stack([s.logprob for s in samples], dim=1),
+            rollout_logits=torch.stack([s.engine_logits for s in samples], dim=1),
+            topk_ids=torch.stack([s.topk_ids for s in samples], dim=1),
+            topk_logprobs=torch.stack([s.topk_logprobs for s in samples], dim=1),
             response_mask=response_mask,
             rewards=torch.as_tensor(rewards, device=self.device),
-            advantages=torch.as_tensor(advantages, device=self.device),
-            old_logprob=old_logprob,
-            old_logits=old_logits,
+            advantages=torch.as_tensor(
+                group_advantages(rewards, cfg.group_size, cfg.adv_norm), device=self.device
+            ),
         )
-        return batch, inputs
 
-    def logits_for(self, context: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """π_θ's logits [b, T, V] at the answer positions of the given rows (with gradient)."""
-        return self.policy(context[rows])[:, self.task.prompt_length - 1 :]
+    def policy_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """π_θ's logits [b, T, V] at the answer positions of the given rows (the fp32 full forward, with gradient)."""
+        return self.policy(self.inputs[rows])[:, self.task.prompt_length - 1 :]
 
-    def extra_metrics(self) -> dict[str, float]:
-        return {
-            "start_reward_greedy": self.warm_start_stats["start_reward_greedy"],
-            "start_reward_sampled": self.warm_start_stats["start_reward_sampled"],
+    def eval_due(self) -> bool:
+        every = self.config.eval_every
+        return bool(every) and (self.step % every == 0 or self.step == 1)
+
+    def evaluate(self) -> dict[str, float]:
+        """fp32 evaluation of the current weights on the held-out prompts: greedy and sampled (temperature 1)."""
+        out = {
+            name: evaluate_answers(self.policy, self.task, self.eval_prompts, greedy=greedy, seed=self.step)
+            for name, greedy in (("eval_reward_greedy", True), ("eval_reward_sampled", False))
         }
+        return out
+
+    def row_extras(self) -> dict[str, float]:
+        return {k: self.warm_start_stats[k] for k in ("start_reward_greedy", "start_reward_sampled")}
 
     def should_stop(self) -> bool:
         target = self.config.target_reward
         return bool(target > 0 and self.rows and self.rows[-1]["reward"] >= target)
-
-
-def train_sequence(config: SequenceConfig, checkpoint_dir: str | Path | None = None) -> pd.DataFrame:
-    """Warm-start (cached) and GRPO-train the transformer with ``config``; return the tidy per-step table."""
-    return SequenceTrainer(config).train(checkpoint_dir)

@@ -1,72 +1,130 @@
-"""Named trust-region variants: a name -> (mask method, low, high, anchor) table for trainers and presets.
+"""Trust-region variants: the rows of the trainers' table (docs/design.md §3).
 
-Thresholds follow the paper and its reference code (DESIGN §6): PPO/GRPO ε = 0.2 (clip-higher 0.2/0.28);
-DPPO δ_TV = 0.15, δ_KL = 0.05 on both sides. ``anchor`` says what the mask compares π with: ``"rollout"``
-(μ, the rollout engine's log-probs; the paper's §5.2) or ``"recompute"`` (the trainer's recomputed π_old,
-passed to ``policy_loss`` as ``old_logprob=``; MiniRL and verl's default, the paper's Fig. 4). The importance
-ratio is π/μ in every variant.
+A variant is a mask *method* (a key of ``trustregion_lab.masks.METHODS``) with its thresholds ``low``/``high``,
+its *anchor*, its ratio and ratio cap C, and an optional log-ratio penalty c:
+    loss = −Â · sg(min(r, C)) · M · log π(a) + c · (log r)²,   M = the method's mask against the anchor.
+The anchor is what the mask compares π with: ``"rollout"`` (μ, the engine's log-probs; the paper's §5.2) or
+``"recompute"`` (the trainer's recomputed π_old at the step's start; MiniRL and verl's default, the paper's
+Fig. 4). The ratio is r = π(a)/μ(a) (``ratio="rollout"``, every variant but one) or π(a)/π_old(a)
+(``ratio="recompute"``: verl's DPPO as shipped, which never divides by μ unless its rollout correction is on).
+Thresholds follow the paper and its code (docs/design.md §6): PPO/GRPO ε = 0.2 (clip-higher 0.2/0.28), DPPO
+δ_TV = 0.15 and δ_KL = 0.05 on both sides, ratio cap 10 in the authors' loss, none for PG-IS, 3 for CISPO (the
+paper's Fig. 3 arms).
+
+What frameworks ship (read from their sources):
+- ``verl_dppo_tv``: verl's ``dppo_tv`` policy loss (verl-project/verl 1dda039,
+  verl/trainer/ppo/core_algos.py): Binary-TV mask and ratio against ``old_log_probs`` (the recomputed π_old by
+  default), δ = the PPO clip ratios (0.2 by default), ratio clamped at ``clip_ratio_c`` = 3.0 (the actor
+  config's default, verl/workers/config/actor.py).
+- ``prime_rl``: prime-rl's default loss (PrimeIntellect-ai/prime-rl, src/prime_rl/trainer/rl/loss.py): Binary-TV
+  mask against the inference log-probs μ with δ = 0.2 on both sides (``dppo_mask_low/high``), no cap, plus
+  ``kl_tau`` = 1e-3 times (log π − log μ)² on every trainable token.
+- ``minirl_tis``: the truncated-IS cap 2 is verl's ``rollout_is_threshold`` default (TIS).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
+
+from trustregion_lab._validate import check_choice, check_real
+from trustregion_lab.masks import METHODS
 
 __all__ = ["ANCHORS", "VARIANTS", "Variant", "resolve_variant"]
 
 ANCHORS = ("rollout", "recompute")
-
 DELTA_TV = 0.15
 DELTA_KL = 0.05
+DEFAULT_RATIO_CAP = 10.0
+NO_CAP = math.inf
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the table: the ``trustregion_lab.masks`` method name, its thresholds and its anchor."""
+    """One row: mask method, thresholds, anchor and ratio cap (see the module docstring)."""
 
     method: str
     low: float
     high: float
     anchor: str = "rollout"
+    ratio_cap: float = DEFAULT_RATIO_CAP
+    ratio: str = "rollout"
+    log_ratio_penalty: float = 0.0
     description: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        check_real("low", self.low, minimum=0.0, allow_inf=True)
+        check_real("high", self.high, minimum=0.0, allow_inf=True)
+        check_choice("anchor", self.anchor, ANCHORS)
+        if not check_real("ratio_cap", self.ratio_cap, allow_inf=True) > 0:
+            raise ValueError(f"ratio_cap must be > 0 (inf for no cap), got {self.ratio_cap!r}")
+        check_choice("ratio", self.ratio, ANCHORS)
+        check_real("log_ratio_penalty", self.log_ratio_penalty, minimum=0.0)
 
 
 VARIANTS: dict[str, Variant] = {
+    "pg_is": Variant(
+        "none", 0.0, 0.0, ratio_cap=NO_CAP, description="no trust region: importance-sampled PG"
+    ),
+    "cispo": Variant("none", 0.0, 0.0, ratio_cap=3.0, description="no mask, importance ratio capped at 3"),
     "ppo": Variant("ppo", 0.2, 0.2, description="GRPO/PPO ratio clipping, ε = 0.2"),
     "ppo_clip_higher": Variant("ppo", 0.2, 0.28, description="clip-higher, ε_low = 0.2, ε_high = 0.28"),
-    "pg_is": Variant("none", 0.0, 0.0, description="no trust region: importance-sampled PG (CISPO-like)"),
+    "minirl": Variant(
+        "ppo", 0.2, 0.2, anchor="recompute", ratio_cap=NO_CAP, description="ratio clip anchored on π_old"
+    ),
+    "minirl_tis": Variant(
+        "ppo", 0.2, 0.2, anchor="recompute", ratio_cap=2.0, description="MiniRL with truncated IS (cap 2)"
+    ),
     "dppo_binary_tv": Variant("dppo_binary_tv", DELTA_TV, DELTA_TV, description="DPPO Binary-TV, δ = 0.15"),
     "dppo_binary_kl": Variant("dppo_binary_kl", DELTA_KL, DELTA_KL, description="DPPO Binary-KL, δ = 0.05"),
+    "dppo_binary_kl_recompute": Variant(
+        "dppo_binary_kl", DELTA_KL, DELTA_KL, anchor="recompute", description="Binary-KL anchored on π_old"
+    ),
     "dppo_topk_tv": Variant("dppo_topk_tv", DELTA_TV, DELTA_TV, description="DPPO Top-K TV, δ = 0.15"),
     "dppo_topk_kl": Variant("dppo_topk_kl", DELTA_KL, DELTA_KL, description="DPPO Top-K KL, δ = 0.05"),
     "dppo_exact_tv": Variant("dppo_exact_tv", DELTA_TV, DELTA_TV, description="DPPO exact TV, δ = 0.15"),
     "dppo_exact_kl": Variant("dppo_exact_kl", DELTA_KL, DELTA_KL, description="DPPO exact KL, δ = 0.05"),
-    "minirl": Variant(
-        "ppo", 0.2, 0.2, anchor="recompute", description="MiniRL: ratio clip anchored on recomputed π_old"
+    # the paper's Fig. 5 test: PG-IS plus a mask on Â < 0 tokens with anchor(a) − π(a) > 0.5
+    "pg_is_neg_gap": Variant(
+        "dppo_binary_tv", 0.5, NO_CAP, ratio_cap=NO_CAP, description="PG-IS + mask Â<0 with μ(a) − π(a) > 0.5"
     ),
-    "dppo_binary_kl_recompute": Variant(
-        "dppo_binary_kl",
-        DELTA_KL,
-        DELTA_KL,
+    "pg_is_neg_gap_recompute": Variant(
+        "dppo_binary_tv",
+        0.5,
+        NO_CAP,
         anchor="recompute",
-        description="Binary-KL anchored on π_old (Fig. 4)",
+        ratio_cap=NO_CAP,
+        description="PG-IS + mask Â<0 with π_old(a) − π(a) > 0.5",
+    ),
+    # the paper's §6 relaxation: no ratio clip for tokens with μ(a) < 0.1
+    "ppo_relaxed": Variant("ppo_relaxed", 0.2, 0.2, description="ratio clip lifted where μ(a) < 0.1"),
+    "verl_dppo_tv": Variant(
+        "dppo_binary_tv",
+        0.2,
+        0.2,
+        anchor="recompute",
+        ratio="recompute",
+        ratio_cap=3.0,
+        description="verl's DPPO-TV as shipped: vs π_old, ratio π/π_old capped at 3",
+    ),
+    "prime_rl": Variant(
+        "dppo_binary_tv",
+        0.2,
+        0.2,
+        ratio_cap=NO_CAP,
+        log_ratio_penalty=1e-3,
+        description="prime-rl's default: Binary-TV 0.2 vs μ, no cap, 1e-3 (log r)²",
     ),
 }
-# the plain mask-method name "none" is accepted as an alias of pg_is
-_ALIASES = {"none": "pg_is"}
 
 
-def resolve_variant(name: str, low: float | None = None, high: float | None = None) -> Variant:
-    """Look ``name`` up in ``VARIANTS`` (``"none"`` = ``"pg_is"``); ``low``/``high`` override its thresholds."""
-    if not isinstance(name, str):
-        raise TypeError(f"method must be a variant name (str), got {type(name).__name__}")
-    key = _ALIASES.get(name, name)
-    if key not in VARIANTS:
-        raise ValueError(f"method must be one of {sorted([*VARIANTS, *_ALIASES])}, got {name!r}")
-    base = VARIANTS[key]
-    return Variant(
-        base.method,
-        base.low if low is None else float(low),
-        base.high if high is None else float(high),
-        base.anchor,
-        base.description,
-    )
+def resolve_variant(
+    name: str, *, low: float | None = None, high: float | None = None, ratio_cap: float | None = None
+) -> Variant:
+    """``VARIANTS[name]`` with ``low``, ``high`` and ``ratio_cap`` overridden where given."""
+    check_choice("variant", name, VARIANTS)
+    changes = {
+        k: float(v) for k, v in (("low", low), ("high", high), ("ratio_cap", ratio_cap)) if v is not None
+    }
+    return replace(VARIANTS[name], **changes)

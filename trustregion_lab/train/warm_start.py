@@ -16,15 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from trustregion_lab._io import atomic_torch_save
 from trustregion_lab.envs.token_sequence import TokenSequenceTask
+from trustregion_lab.mismatch import sample_categorical
 from trustregion_lab.policies import DecoderTransformer
-from trustregion_lab.train.common import atomic_torch_save
+from trustregion_lab.policies.decoding import KVCacheDecoder, decode_answers
+
+# bumped whenever DecoderTransformer's parameters change meaning, so older cache files are never loaded
+ARCHITECTURE = "decoder-transformer/2"
 
 __all__ = ["cache_folder", "evaluate_answers", "warm_start", "warm_start_cached"]
 
@@ -41,19 +47,24 @@ def cache_folder(cache_dir: str = "") -> Path:
 def evaluate_answers(
     model: DecoderTransformer, task: TokenSequenceTask, prompts: np.ndarray, *, greedy: bool, seed: int = 0
 ) -> float:
-    """Mean verifier reward of answers decoded from ``model`` (greedy, or sampled at temperature 1)."""
+    """Mean verifier reward of answers decoded from ``model`` in fp32 (greedy, or sampled at temperature 1).
+
+    Decoded with the fp32 KV-cache decoder; sampling draws u ~ U[0, 1) per row from a generator seeded by
+    ``seed`` and takes the inverse-CDF token (``trustregion_lab.mismatch.sample_categorical``).
+    """
     device = next(model.parameters()).device
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    sequence = torch.as_tensor(prompts, dtype=torch.int64, device=device)
-    for _ in range(task.answer_length):
-        logits = model(sequence)[:, -1].float()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    decoder = KVCacheDecoder(model, "fp32")
+    prompt_ids = torch.as_tensor(prompts, dtype=torch.int64, device=device)
+
+    def choose(logits: torch.Tensor, t: int) -> torch.Tensor:
         if greedy:
-            nxt = logits.argmax(-1)
-        else:
-            nxt = torch.multinomial(torch.softmax(logits, -1).cpu(), 1, generator=generator)[:, 0].to(device)
-        sequence = torch.cat([sequence, nxt[:, None]], dim=1)
-    answers = sequence[:, task.prompt_length :].cpu().numpy()
-    return float(np.mean(task.score(prompts, answers)))
+            return logits.argmax(-1)
+        u = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=device)
+        return sample_categorical(torch.softmax(logits.double(), -1), u)
+
+    answers, _ = decode_answers(decoder, prompt_ids, task.answer_length, choose)
+    return float(np.mean(task.score(prompts, answers.cpu().numpy())))
 
 
 def warm_start(
@@ -74,11 +85,12 @@ def warm_start(
     loss_value = float("nan")
     for _ in range(steps):
         prompts = task.sample_prompts(rng, batch_size)
-        targets = task.targets(prompts)
+        targets = task.demonstrations(rng, prompts)  # scratchpad (if any), the correct answer, EOS, PAD
         random_ids = rng.integers(task.symbol_offset, task.vocab_size, targets.shape)
         noisy = np.where(rng.random(targets.shape) < noise, random_ids, targets)
-        # positions after the target's EOS are padding: no loss there
-        after_eos = np.cumsum(targets == task.eos_id, axis=1) - (targets == task.eos_id) > 0
+        # positions after the target's EOS are padding: no loss there (the scratchpad holds no EOS)
+        is_eos = targets == task.eos_id
+        after_eos = np.cumsum(is_eos, axis=1) - is_eos > 0
         inputs = torch.as_tensor(np.concatenate([prompts, noisy[:, :-1]], axis=1), device=device)
         labels = torch.as_tensor(np.where(after_eos, -100, noisy), dtype=torch.int64, device=device)
         logits = model(inputs)[:, prompt_length - 1 :].float()
@@ -113,12 +125,20 @@ def warm_start_cached(
     a hit loads the weights into ``model``, a miss trains and stores them. Returns the stats (with ``cached``)."""
     full_key = {**key, "steps": steps, "lr": lr, "batch_size": batch_size, "noise": noise, "seed": seed}
     full_key["torch"] = torch.__version__
+    full_key["architecture"] = ARCHITECTURE
     digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_folder(cache_dir) / f"warm_start-{digest}.pt"
     if path.exists():
-        stored = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(stored["model"])
-        return {**stored["stats"], "cached": 1.0}
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=False)
+            model.load_state_dict(stored["model"])
+            return {**stored["stats"], "cached": 1.0}
+        except Exception as exc:  # truncated or foreign file: rebuild it
+            warnings.warn(
+                f"warm-start cache {path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     stats = warm_start(model, task, steps=steps, lr=lr, batch_size=batch_size, noise=noise, seed=seed)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save({"model": state, "stats": stats, "key": full_key}, path)

@@ -1,0 +1,172 @@
+"""The stability study's verdicts, computed from training tables (docs/design.md §7).
+
+Input: a tidy training table with one row per (variant, engine, seed, step) and the columns ``reward``,
+``mismatch_mean`` (m = mean |π(a) − μ(a)| over the step's response tokens, at equal weights before the step's
+first update) and optionally ``eval_reward_sampled`` (the fp32 evaluation on held-out prompts, NaN on steps
+without one). Per run, with W = 10 steps:
+    m̃_t      = median of m over steps t − W + 1 .. t (the "10-step median")
+    r̃_t      = mean of the training reward over the same window (the reward smoothed like m)
+    drift    : after the first W steps, m̃_t ≥ 2 · min_{W ≤ s ≤ t} m̃_s on ≥ 20 consecutive steps
+    collapse : r̃_t ≤ max_{s ≤ t} r̃_s − 0.05 and r̃ stays below that level for the next 50 steps (a drop
+               within 50 steps of the end is not confirmed), or the fp32 evaluation reward falls ≥ 0.1 below
+               its maximum so far; collapse_step = the first step either holds (NaN when none)
+    stable   : never collapses, and the final r̃ is within 0.02 of max r̃
+    peak_reward = max r̃;  final_reward = r̃ at the last step;  mismatch_start = m̃ at step W;
+    mismatch_peak = max m̃;  drift_step = the first step of the first qualifying stretch (NaN when none)
+A verdict per arm counts the seeds that drifted, collapsed and stayed stable; the paper's claim is *reproduced*
+when the no-trust-region arms (``pg_is``, ``cispo``, ``minirl``) drift and collapse in ≥ 2 of 3 seeds with the
+low-precision engine, every DPPO arm is stable in every seed there, and the no-trust-region arms are stable in
+every seed with the engine that matches the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DPPO_ARMS",
+    "NO_REGION_ARMS",
+    "SUMMARY_COLUMNS",
+    "run_stability",
+    "stability_summary",
+    "stability_verdict",
+]
+
+WINDOW = 10
+DRIFT_FACTOR = 2.0
+DRIFT_STEPS = 20
+COLLAPSE_DROP = 0.05
+RECOVERY_STEPS = 50
+EVAL_DROP = 0.1
+STABLE_MARGIN = 0.02
+NO_REGION_ARMS = ("pg_is", "cispo", "minirl")
+DPPO_ARMS = ("dppo_binary_tv", "dppo_binary_kl")
+SUMMARY_COLUMNS = (
+    "drifted",
+    "collapsed",
+    "stable",
+    "peak_reward",
+    "final_reward",
+    "mismatch_start",
+    "mismatch_peak",
+    "collapse_step",
+    "drift_step",
+    "steps",
+)
+
+
+def _first_stretch(flags: np.ndarray, length: int) -> int:
+    """Index of the first run of ≥ ``length`` consecutive True values (−1 when none)."""
+    count = 0
+    for i, flag in enumerate(flags):
+        count = count + 1 if flag else 0
+        if count >= length:
+            return i - length + 1
+    return -1
+
+
+def run_stability(
+    steps: np.ndarray, reward: np.ndarray, mismatch: np.ndarray, eval_reward: np.ndarray
+) -> dict:
+    """The module docstring's quantities for one run (arrays `[n_steps]`, in step order; eval NaN where none)."""
+    m_med = pd.Series(mismatch).rolling(WINDOW, min_periods=1).median().to_numpy()
+    r_avg = pd.Series(reward).rolling(WINDOW, min_periods=1).mean().to_numpy()
+    n = len(steps)
+    out: dict = {"steps": n, "peak_reward": float(np.max(r_avg)), "final_reward": float(r_avg[-1])}
+    start = min(WINDOW, n) - 1
+    out["mismatch_start"] = float(m_med[start])
+    out["mismatch_peak"] = float(np.max(m_med))
+    running_min = np.minimum.accumulate(m_med[start:])
+    drift_at = _first_stretch(m_med[start:] >= DRIFT_FACTOR * running_min, DRIFT_STEPS)
+    out["drifted"] = drift_at >= 0
+    out["drift_step"] = float(steps[start + drift_at]) if drift_at >= 0 else np.nan
+
+    collapse_at = -1
+    running_max = np.maximum.accumulate(r_avg)
+    for t in range(n):
+        level = running_max[t] - COLLAPSE_DROP
+        if (
+            r_avg[t] <= level
+            and t + RECOVERY_STEPS < n
+            and bool((r_avg[t : t + RECOVERY_STEPS + 1] < level).all())
+        ):
+            collapse_at = t
+            break
+    evals = np.asarray(eval_reward, np.float64)
+    has_eval = np.isfinite(evals)
+    if has_eval.any():
+        e = np.where(has_eval, evals, -np.inf)
+        eval_drop = has_eval & (evals <= np.maximum.accumulate(e) - EVAL_DROP)
+        if eval_drop.any():
+            first = int(np.argmax(eval_drop))
+            collapse_at = first if collapse_at < 0 else min(collapse_at, first)
+    out["collapsed"] = collapse_at >= 0
+    out["collapse_step"] = float(steps[collapse_at]) if collapse_at >= 0 else np.nan
+    out["stable"] = (not out["collapsed"]) and out["final_reward"] >= out["peak_reward"] - STABLE_MARGIN
+    return out
+
+
+def stability_summary(
+    table: pd.DataFrame, keys: Sequence[str] = ("variant", "engine", "seed")
+) -> pd.DataFrame:
+    """One row per run (``keys``) with SUMMARY_COLUMNS (module docstring)."""
+    missing = sorted({"step", "reward", "mismatch_mean", *keys} - set(table.columns))
+    if missing:
+        raise ValueError(f"the training table lacks columns {missing}")
+    rows = []
+    for key, run in table.sort_values([*keys, "step"]).groupby(list(keys), sort=False):
+        evals = (
+            run["eval_reward_sampled"] if "eval_reward_sampled" in run else pd.Series(np.nan, index=run.index)
+        )
+        stats = run_stability(
+            run["step"].to_numpy(),
+            run["reward"].to_numpy(np.float64),
+            run["mismatch_mean"].to_numpy(np.float64),
+            evals.to_numpy(np.float64),
+        )
+        rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), **stats})
+    return pd.DataFrame(rows, columns=[*keys, *SUMMARY_COLUMNS])
+
+
+def stability_verdict(summary: pd.DataFrame, low_precision: str, matched: str) -> pd.DataFrame:
+    """Per (variant, engine): seeds, and how many drifted, collapsed, stayed stable; plus one row per claim.
+
+    low_precision: the engine of the mismatched runs (e.g. ``"model-bf16"``); matched: the engine that matches
+    the trainer. The claim rows (``variant`` = "claim: ...") hold ``holds`` True/False.
+    """
+    counts = (
+        summary.groupby(["variant", "engine"])
+        .agg(
+            seeds=("seed", "nunique"),
+            drifted=("drifted", "sum"),
+            collapsed=("collapsed", "sum"),
+            stable=("stable", "sum"),
+        )
+        .reset_index()
+    )
+
+    def arm(variant: str, engine: str) -> pd.Series | None:
+        row = counts[(counts["variant"] == variant) & (counts["engine"] == engine)]
+        return None if row.empty else row.iloc[0]
+
+    def all_arms(names: Sequence[str], engine: str, test) -> bool:
+        rows = [arm(v, engine) for v in names]
+        return all(r is not None and bool(test(r)) for r in rows)
+
+    claims = {
+        "no-region arms drift and collapse in >= 2 of 3 seeds (low precision)": all_arms(
+            NO_REGION_ARMS, low_precision, lambda r: min(r["drifted"], r["collapsed"]) >= 2
+        ),
+        "DPPO arms stable in every seed (low precision)": all_arms(
+            DPPO_ARMS, low_precision, lambda r: r["stable"] == r["seeds"]
+        ),
+        "no-region arms stable in every seed (matched engine)": all_arms(
+            NO_REGION_ARMS, matched, lambda r: r["stable"] == r["seeds"]
+        ),
+    }
+    claims["reproduced"] = all(claims.values())
+    claim_rows = pd.DataFrame({"variant": [f"claim: {k}" for k in claims], "holds": list(claims.values())})
+    return pd.concat([counts, claim_rows], ignore_index=True)

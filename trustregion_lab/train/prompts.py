@@ -1,0 +1,118 @@
+"""A fixed prompt pool at intermediate success, as in the paper's sanity test (docs/design.md §7).
+
+The paper trains on MATH problems that the starting model solves 20–80 % of the time. The toy does the same:
+after the warm start, ``candidates`` prompts are drawn, each is answered ``samples`` times by the fp32 model at
+temperature 1, and its success rate s = mean verifier reward is estimated. The pool is the first ``size``
+candidates with low ≤ s ≤ high; the next ``eval_size`` in-band candidates are the held-out evaluation prompts
+(same distribution, never trained on). Pools are cached next to the warm start, keyed by everything that shapes
+them, so a sweep pays once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from trustregion_lab._io import atomic_torch_save
+from trustregion_lab.envs.token_sequence import TokenSequenceTask
+from trustregion_lab.mismatch import sample_categorical
+from trustregion_lab.policies import DecoderTransformer
+from trustregion_lab.policies.decoding import KVCacheDecoder, decode_answers
+from trustregion_lab.train.warm_start import cache_folder
+
+__all__ = ["PromptPool", "build_prompt_pool", "prompt_pool_cached", "success_rates"]
+
+_CHUNK_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class PromptPool:
+    """prompts `[size, prompt_length]` and their estimated success `[size]`; eval_prompts `[eval_size, ...]`."""
+
+    prompts: np.ndarray
+    success: np.ndarray
+    eval_prompts: np.ndarray
+    candidates_in_band: int
+    candidates: int
+
+
+@torch.no_grad()
+def success_rates(
+    model: DecoderTransformer, task: TokenSequenceTask, prompts: np.ndarray, *, samples: int, seed: int
+) -> np.ndarray:
+    """Mean reward of ``samples`` answers per prompt (fp32 KV-cache decode, temperature 1) → float64 `[n]`."""
+    device = next(model.parameters()).device
+    decoder = KVCacheDecoder(model, "fp32")
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def choose(logits: torch.Tensor, t: int) -> torch.Tensor:
+        u = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=device)
+        return sample_categorical(torch.softmax(logits.double(), -1), u)
+
+    repeated = np.repeat(prompts, samples, axis=0)
+    rewards = np.empty(len(repeated))
+    for start in range(0, len(repeated), _CHUNK_ROWS):
+        chunk = repeated[start : start + _CHUNK_ROWS]
+        answers, _ = decode_answers(
+            decoder, torch.as_tensor(chunk, device=device), task.answer_length, choose
+        )
+        rewards[start : start + len(chunk)] = task.score(chunk, answers.cpu().numpy())
+    return rewards.reshape(len(prompts), samples).mean(axis=1)
+
+
+def build_prompt_pool(
+    model: DecoderTransformer,
+    task: TokenSequenceTask,
+    *,
+    size: int,
+    eval_size: int,
+    candidates: int,
+    samples: int,
+    low: float,
+    high: float,
+    seed: int,
+) -> PromptPool:
+    """The pool of the module docstring; ValueError when fewer than ``size + eval_size`` candidates are in band."""
+    drawn = task.sample_prompts(np.random.default_rng([seed, 0x9001]), candidates)
+    success = success_rates(model, task, drawn, samples=samples, seed=seed)
+    in_band = np.flatnonzero((success >= low) & (success <= high))
+    if len(in_band) < size + eval_size:
+        raise ValueError(
+            f"only {len(in_band)} of {candidates} candidate prompts have a warm-start success in [{low}, {high}] "
+            f"(the pool needs {size} + {eval_size} held out); raise pool_candidates, widen the band or change "
+            "the warm start"
+        )
+    pool, held_out = in_band[:size], in_band[size : size + eval_size]
+    return PromptPool(drawn[pool], success[pool], drawn[held_out], len(in_band), int(candidates))
+
+
+def prompt_pool_cached(
+    model: DecoderTransformer,
+    task: TokenSequenceTask,
+    *,
+    key: dict[str, Any],
+    cache_dir: str = "",
+    **kwargs: Any,
+) -> PromptPool:
+    """``build_prompt_pool`` with a cache file ``prompt_pool-<sha256>.pt`` keyed by ``key`` (the warm start's
+    identity) and the pool's own arguments; an unreadable cache file is rebuilt with a warning."""
+    full_key = {**key, **kwargs}
+    digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_folder(cache_dir) / f"prompt_pool-{digest}.pt"
+    if path.exists():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=False)
+            return PromptPool(**stored["pool"])
+        except Exception as exc:
+            warnings.warn(
+                f"prompt-pool cache {path} is unreadable ({exc}); rebuilding it", RuntimeWarning, stacklevel=2
+            )
+    pool = build_prompt_pool(model, task, **kwargs)
+    atomic_torch_save({"pool": pool.__dict__, "key": full_key}, path)
+    return pool

@@ -1,0 +1,167 @@
+"""One training step's optimisation: the equal-weight diagnostics, then epochs × mini-batches of the surrogate.
+
+``update`` is the whole algorithm of a step, CleanRL style: for each epoch, for each mini-batch of rows,
+    loss = policy_loss(variant.method, log π(a), log μ(a), Â, ...)   (docs/design.md §2:
+           −Â · sg(min(r, C)) · M · log π(a), aggregated by ``config.agg``)
+    backward, clip the gradient norm, optimiser step,
+and the metrics of every mini-batch are pooled over the step by their denominators.
+
+``start_metrics`` compares μ with π_old, the trainer's own forward at the weights the engine served (the paper's
+Fig. 3 metrics, verl's ``rollout_probs_diff_*``), before any update of the step; over response tokens:
+    mismatch_mean = mean |π(a) − μ(a)|,  mismatch_max = max (π(a) − μ(a)),  mismatch_min = min (π(a) − μ(a)),
+    mismatch_k3_start = mean (r − 1 − log r),  ess_start = (Σ r)² / (n Σ r²),  r = π(a)/μ(a),
+    tv_exact_start, kl_exact_start = mean exact TV(μ, π), KL(μ‖π) per state,  entropy = mean H(π_old).
+With staleness > 0 the engine served older weights and these measure the staleness gap as well.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from trustregion_lab import divergence
+from trustregion_lab.losses import DESIGN_METRICS, policy_loss
+from trustregion_lab.train.batch import RolloutBatch
+from trustregion_lab.train.config import TrainConfig
+from trustregion_lab.train.variants import Variant
+
+__all__ = ["START_METRICS", "UPDATE_METRICS", "MetricPool", "start_metrics", "update"]
+
+START_METRICS = (
+    "mismatch_mean",
+    "mismatch_max",
+    "mismatch_min",
+    "mismatch_k3_start",
+    "ess_start",
+    "tv_exact_start",
+    "kl_exact_start",
+    "entropy",
+)
+UPDATE_METRICS = (*DESIGN_METRICS, "tv_exact", "kl_exact", "grad_norm", "grad_norm_max", "loss")
+# the denominator each policy_loss metric is pooled with over a step's mini-batches (ess: a plain mean)
+_POOLING_WEIGHT = {
+    "mask_frac": "adv_tokens",
+    "ratio_clip_frac": "adv_tokens",
+    "mask_frac_pos": "pos_tokens",
+    "mask_frac_neg": "neg_tokens",
+    "ratio_cap_frac": "valid_tokens",
+    "mismatch_k1": "valid_tokens",
+    "mismatch_k3": "valid_tokens",
+    "chi2": "valid_tokens",
+}
+
+
+class MetricPool:
+    """Weighted means (Σ value · weight / Σ weight) and maxima over a step's mini-batches; NaN values and zero
+    weights are left out, so a fraction over tokens pools to (total numerator) / (total denominator)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.maxima: dict[str, float] = {}
+
+    def add(self, name: str, value: float, weight: float = 1.0) -> None:
+        if not math.isnan(value) and weight > 0:
+            self.sums[name] = self.sums.get(name, 0.0) + value * weight
+            self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def max(self, name: str, value: float) -> None:
+        if not math.isnan(value):
+            self.maxima[name] = max(self.maxima.get(name, -math.inf), value)
+
+    def result(self) -> dict[str, float]:
+        """Every name of ``names`` (NaN where nothing was pooled)."""
+        out = {name: self.sums[name] / self.weights[name] for name in self.sums}
+        out.update(self.maxima)
+        return {name: out.get(name, math.nan) for name in self.names}
+
+
+def _mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    n = int(mask.sum())
+    return float(values.double()[mask].sum()) / n if n else math.nan
+
+
+@torch.no_grad()
+def start_metrics(batch: RolloutBatch) -> dict[str, float]:
+    """The step's equal-weight diagnostics (module docstring); needs ``batch.old_logits``/``old_logprob``."""
+    mask = batch.response_mask
+    if batch.old_logits is None or batch.old_logprob is None or not bool(mask.any()):
+        return dict.fromkeys(START_METRICS, math.nan)
+    lp, lmu = batch.old_logprob.double()[mask], batch.rollout_logprob.double()[mask]
+    diff = lp.exp() - lmu.exp()
+    log_r = lp - lmu
+    w = torch.exp(log_r - log_r.max())  # ESS is scale-free: normalise by the largest ratio
+    tv, kl = divergence.exact_tv_kl(batch.rollout_logits[mask], batch.old_logits[mask])
+    logp = torch.log_softmax(batch.old_logits[mask].double(), -1)
+    return {
+        "mismatch_mean": float(diff.abs().mean()),
+        "mismatch_max": float(diff.max()),
+        "mismatch_min": float(diff.min()),
+        "mismatch_k3_start": float((torch.expm1(log_r) - log_r).clamp(min=0).mean()),
+        "ess_start": float(w.sum() ** 2 / (w.numel() * (w**2).sum())),
+        "tv_exact_start": float(tv.double().mean()),
+        "kl_exact_start": float(kl.double().mean()),
+        "entropy": float(-(logp.exp() * logp).sum(-1).mean()),
+    }
+
+
+def update(
+    policy_logits: Callable[[torch.Tensor], torch.Tensor],
+    batch: RolloutBatch,
+    *,
+    optimizer: torch.optim.Optimizer,
+    parameters: list[torch.nn.Parameter],
+    config: TrainConfig,
+    variant: Variant,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """``config.epochs`` × ``config.num_minibatches`` optimiser steps on one rollout batch (module docstring).
+
+    policy_logits(rows `[b]`) → π_θ's logits `[b, T, V]` at the batch's states, with gradient. Returns the
+    pooled UPDATE_METRICS: policy_loss's diagnostics (on the variant's ratio: π/μ, or π/π_old for
+    ``ratio="recompute"``), the exact TV/KL(μ‖π) before each update, the mean and largest gradient norm (before
+    clipping) and the loss.
+    """
+    pool = MetricPool(UPDATE_METRICS)
+    for _ in range(config.epochs):
+        for chunk in np.array_split(rng.permutation(batch.num_rows), config.num_minibatches):
+            rows = torch.from_numpy(np.sort(chunk)).to(batch.tokens.device)
+            mb = batch.rows(rows)
+            logits = policy_logits(rows).float()
+            logprob = torch.log_softmax(logits, -1).gather(-1, mb.tokens.unsqueeze(-1)).squeeze(-1)
+            loss, metrics = policy_loss(
+                variant.method,
+                logprob=logprob,
+                rollout_logprob=mb.old_logprob if variant.ratio == "recompute" else mb.rollout_logprob,
+                advantages=mb.advantages,
+                response_mask=mb.response_mask,
+                low=variant.low,
+                high=variant.high,
+                ratio_cap=variant.ratio_cap,
+                agg=config.agg,
+                log_ratio_penalty=variant.log_ratio_penalty,
+                logits=logits,
+                **mb.mask_inputs(variant.anchor),
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm))
+            optimizer.step()
+
+            for name in DESIGN_METRICS:
+                pool.add(
+                    name, metrics[name], metrics[_POOLING_WEIGHT[name]] if name in _POOLING_WEIGHT else 1.0
+                )
+            with torch.no_grad():
+                valid = mb.response_mask
+                tv, kl = divergence.exact_tv_kl(mb.rollout_logits[valid], logits.detach()[valid])
+                pool.add("tv_exact", float(tv.double().mean()) if tv.numel() else math.nan, tv.numel())
+                pool.add("kl_exact", float(kl.double().mean()) if kl.numel() else math.nan, kl.numel())
+            pool.add("grad_norm", grad_norm)
+            pool.max("grad_norm_max", grad_norm)
+            pool.add("loss", float(loss.detach()))
+    return pool.result()
