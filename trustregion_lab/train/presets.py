@@ -1,4 +1,6 @@
-"""Sweep presets of the trainers: ``bandit-train`` and ``sequence-train``.
+"""Sweep presets of the trainers: ``bandit-train``, ``sequence-train`` and the stability study
+(``stability``, ``stability-quick``, ``stability-calibration``, ``stability-search``; see
+``trustregion_lab.train.stability``).
 
 Each compares trust-region variants (``trustregion_lab.train.variants.VARIANTS``: GRPO ratio clip 0.2/0.2,
 clip-higher 0.2/0.28, PG-IS (no region), DPPO Binary-TV/-KL, Top-K TV and exact TV at the paper's thresholds,
@@ -24,6 +26,7 @@ import pandas as pd
 
 from trustregion_lab import plots
 from trustregion_lab.experiment import Preset
+from trustregion_lab.train import stability
 from trustregion_lab.train.config import BanditConfig, SequenceConfig, TrainConfig
 
 __all__ = [
@@ -102,6 +105,26 @@ def run_sequence_preset(config: dict[str, Any], seed: int) -> pd.DataFrame:
     return SequenceTrainer(_config(SequenceConfig, config, seed)).train()
 
 
+def _search_config(config: dict[str, Any]) -> dict[str, Any]:
+    cells = dict(stability.SEARCH_CELLS)
+    values = dict(config)
+    label = values.pop("search_cell")
+    if label not in cells:
+        raise ValueError(f"search_cell must be one of {list(cells)}, got {label!r}")
+    return {**values, **cells[label]}
+
+
+def run_search_preset(config: dict[str, Any], seed: int) -> pd.DataFrame:
+    """One cell of the stability search: the study's setting with the cell's single-knob change."""
+    table = run_sequence_preset(_search_config(config), seed)
+    table["search_cell"] = config["search_cell"]
+    return table
+
+
+def validate_search_preset(config: dict[str, Any]) -> None:
+    validate_sequence_preset(_search_config(config))
+
+
 def validate_bandit_preset(config: dict[str, Any]) -> None:
     """Build the run's BanditConfig (ValueError/TypeError naming the field); trains nothing."""
     _config(BanditConfig, config, 0)
@@ -119,16 +142,20 @@ def _preset(
     settings: dict[str, Any],
     run: Callable[[dict, int], pd.DataFrame],
     validate: Callable[[dict], None],
+    *,
+    grid: dict[str, list[Any]] | None = None,
+    seeds: int = 3,
+    figures: Callable[..., dict] = plots.training_figures,
 ) -> Preset:
     return Preset(
         name=name,
         help=help_text,
         run=run,
         defaults=_defaults(cls, settings),
-        grid={"variant": list(COMPARED_VARIANTS), "engine": ["none", "moe"]},
-        seeds=3,
+        grid=grid or {"variant": list(COMPARED_VARIANTS), "engine": ["none", "moe"]},
+        seeds=seeds,
         validate=validate,
-        figures=plots.training_figures,
+        figures=figures,
     )
 
 
@@ -150,5 +177,34 @@ PRESETS: list[Preset] = [
         SEQUENCE_SETTINGS,
         run_sequence_preset,
         validate_sequence_preset,
+    ),
+    *(
+        _preset(
+            study.name,
+            study.help,
+            SequenceConfig,
+            study.settings,
+            run_sequence_preset,
+            validate_sequence_preset,
+            grid=study.grid,
+            seeds=study.seeds,
+            figures=study.figures,
+        )
+        for study in stability.STUDIES
+    ),
+    Preset(
+        name="stability-search",
+        help="Phase C of the stability protocol: PG-IS and DPPO Binary-TV with the bf16 model engine at the "
+        "study's setting and at each single-knob change of it (lr ×3, ×10, Adam ε 1e-15, no grad clip, fp16 "
+        "engine, staleness 1, 2 epochs); writes search.csv.",
+        run=run_search_preset,
+        defaults={**_defaults(SequenceConfig, stability.STABILITY_SETTINGS), "search_cell": "study setting"},
+        grid={
+            "search_cell": [label for label, _ in stability.SEARCH_CELLS],
+            "variant": ["pg_is", "dppo_binary_tv"],
+        },
+        seeds=1,
+        validate=validate_search_preset,
+        figures=stability.search_figures,
     ),
 ]

@@ -1,0 +1,158 @@
+"""The stability study (docs/design.md §7): does the trust region matter under a weight-dependent mismatch?
+
+The paper's Fig. 3 sanity test trains on prompts solved 20–80 % of the time at the start, with a bf16 rollout
+engine, 4 gradient steps per rollout batch and Dr.GRPO advantages, and finds that the arms without a trust
+region (PG-IS, CISPO, MiniRL) let the mismatch mean |π − μ| grow and collapse while DPPO stays stable. The toy
+version: the warm-started transformer on a fixed prompt pool at intermediate success (``prompt_pool``), answers
+of 21 tokens (a scratchpad of 8 free tokens the verifier never reads, then 12 verified symbols and EOS),
+the rollout engine a second implementation of the same model in bf16 (``engine="model-bf16"``: the mismatch
+depends on the weights) or in fp32 (``"model-fp32"``, which differs from the trainer only by its decode path:
+the matched engine), Dr.GRPO advantages (``adv_norm="mean"``), 4 mini-batches per rollout batch.
+
+The protocol, fixed before any arm's outcome was looked at (every run of every phase is reported):
+A. calibration (``stability-calibration``): the regime knobs only, with an arm outside the comparison
+   (``ppo``, 0.2/0.2) and the matched engine, one seed: task ∈ {reverse, sort} × lr ∈ {1e-5, 3e-5, 1e-4}, 200
+   steps. A setting is *intermediate* when the 10-step mean reward lies in [0.2, 0.8] on at least half the
+   steps. The study uses the intermediate setting with the largest lr (the most weight motion, the best chance
+   for a weight-dependent mismatch to grow), the task order breaking ties; if none is intermediate, the one
+   with the most such steps.
+B. the study (``stability``): the paper's arms × {model-bf16, model-fp32} × 3 seeds at that setting, scored
+   by ``trustregion_lab.analysis.stability`` (drift, collapse, stable, reproduced as docs/design.md §7 defines).
+C. the search (``stability-search``): PG-IS and DPPO Binary-TV with the bf16 engine, seed 0, at the study's
+   setting and at each single-knob change of it: lr × 3, lr × 10, Adam ε = 1e-15, no gradient clipping, an fp16
+   engine, one step of staleness, 2 epochs per rollout batch. Every cell is reported (``search.csv``); a cell
+   in which PG-IS drifts or collapses is rerun as phase B at that setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from trustregion_lab import plots
+from trustregion_lab.analysis.stability import stability_summary, stability_verdict
+
+__all__ = ["STABILITY_ARMS", "STABILITY_SETTINGS", "STUDIES", "Study", "search_figures", "stability_figures"]
+
+STABILITY_ARMS = (
+    "pg_is",
+    "cispo",
+    "ppo_clip_higher",
+    "minirl",
+    "minirl_tis",
+    "dppo_binary_tv",
+    "dppo_binary_kl",
+)
+LOW_PRECISION, MATCHED = "model-bf16", "model-fp32"
+STABILITY_SETTINGS: dict[str, Any] = {
+    "task": "reverse",
+    "max_length": 12,
+    "scratch_length": 8,
+    "steps": 250,
+    "prompts_per_step": 16,
+    "group_size": 8,
+    "num_minibatches": 4,
+    "lr": 1e-4,
+    "adv_norm": "mean",
+    "engine": LOW_PRECISION,
+    "warm_start_steps": 600,
+    "warm_start_noise": 0.05,
+    "prompt_pool": 256,
+    "pool_candidates": 2048,
+    "pool_samples": 8,
+    "eval_every": 10,
+    "eval_prompts": 128,
+}
+# the single-knob changes of phase C, as (label, fields changed)
+SEARCH_CELLS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("study setting", {}),
+    ("lr x3", {"lr": 3 * STABILITY_SETTINGS["lr"]}),
+    ("lr x10", {"lr": 10 * STABILITY_SETTINGS["lr"]}),
+    ("adam eps 1e-15", {"adam_eps": 1e-15}),
+    ("no grad clip", {"max_grad_norm": float("inf")}),
+    ("fp16 engine", {"engine": "model-fp16"}),
+    ("staleness 1", {"staleness": 1}),
+    ("2 epochs", {"epochs": 2}),
+)
+
+
+def stability_figures(table: pd.DataFrame, config_columns: list[str]) -> dict[str, Any]:
+    """stability_curves.png (the paper's Fig. 3 layout), stability_summary.csv (one row per run) and
+    stability_verdict.csv (per arm and engine: seeds that drifted, collapsed, stayed stable; the claims)."""
+    summary = stability_summary(table)
+    return {
+        **plots.stability_figures(table, config_columns),
+        "stability_summary.csv": summary,
+        "stability_verdict.csv": stability_verdict(summary, LOW_PRECISION, MATCHED),
+    }
+
+
+def search_figures(table: pd.DataFrame, config_columns: list[str]) -> dict[str, Any]:
+    """search.csv: every cell's runs with the knobs that vary, and the curves per cell."""
+    summary = stability_summary(table, keys=("search_cell", "variant", "engine", "seed"))
+    changes = {label: ", ".join(f"{k}={v}" for k, v in cell.items()) or "-" for label, cell in SEARCH_CELLS}
+    summary.insert(1, "changed", summary["search_cell"].map(changes))
+    return {**plots.stability_figures(table, ["search_cell"]), "search.csv": summary}
+
+
+def calibration_figures(table: pd.DataFrame, config_columns: list[str]) -> dict[str, Any]:
+    """calibration.csv: per setting, the share of steps whose 10-step mean reward lies in [0.2, 0.8]."""
+    keys = [c for c in ("task", "lr", "seed") if c in table.columns]
+    rows = []
+    for key, run in table.sort_values([*keys, "step"]).groupby(keys):
+        smooth = run["reward"].rolling(10, min_periods=1).mean()
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                "intermediate_share": float(smooth.between(0.2, 0.8).mean()),
+                "reward_first10": float(run["reward"].head(10).mean()),
+                "reward_last10": float(run["reward"].tail(10).mean()),
+                "entropy_last10": float(run["entropy"].tail(10).mean()),
+                "mismatch_mean_first10": float(run["mismatch_mean"].head(10).mean()),
+                "steps": len(run),
+            }
+        )
+    return {**plots.training_figures(table, config_columns), "calibration.csv": pd.DataFrame(rows)}
+
+
+@dataclass(frozen=True)
+class Study:
+    """One preset of the study: name, help, settings over SequenceConfig's defaults, grid, seeds, figures."""
+
+    name: str
+    help: str
+    settings: dict[str, Any]
+    grid: dict[str, list[Any]]
+    seeds: int
+    figures: Callable[[pd.DataFrame, list[str]], dict[str, Any]] = field(default=stability_figures)
+
+
+STUDIES: tuple[Study, ...] = (
+    Study(
+        "stability",
+        "The paper's Fig. 3 on the toy: PG-IS, CISPO, clip-higher, MiniRL, MiniRL-TIS, DPPO Binary-TV/-KL × a bf16 "
+        "model engine vs the matched fp32 one × 3 seeds; drift, collapse and stability per run.",
+        STABILITY_SETTINGS,
+        {"variant": list(STABILITY_ARMS), "engine": [LOW_PRECISION, MATCHED]},
+        3,
+    ),
+    Study(
+        "stability-quick",
+        "A 5-minute look at the stability study: PG-IS, clip-higher and DPPO Binary-TV with the bf16 model engine, "
+        "one seed, 40 steps of smaller batches.",
+        {**STABILITY_SETTINGS, "steps": 40, "prompts_per_step": 8, "pool_candidates": 512, "prompt_pool": 64},
+        {"variant": ["pg_is", "ppo_clip_higher", "dppo_binary_tv"]},
+        1,
+    ),
+    Study(
+        "stability-calibration",
+        "Phase A of the stability protocol: the regime knobs (task × lr) with the ppo arm and the matched engine.",
+        {**STABILITY_SETTINGS, "variant": "ppo", "engine": MATCHED, "steps": 200},
+        {"task": ["reverse", "sort"], "lr": [1e-5, 3e-5, 1e-4]},
+        1,
+        calibration_figures,
+    ),
+)
