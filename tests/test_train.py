@@ -423,3 +423,80 @@ def test_a_truncated_warm_start_cache_is_rebuilt_with_a_warning(tmp_path):
     for a, b in zip(first.policy.parameters(), again.policy.parameters()):
         assert torch.equal(a, b)  # rebuilt bit for bit
     assert SequenceTrainer(config).warm_start_stats["cached"] == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_model_engines_mismatch_at_the_warm_start_is_set_by_their_precision(tmp_path, seed):
+    """Measured on this tiny model (seeds 0–3): exact TV(μ, π) per state 1.05e-3–1.32e-3 (bf16), 1.25e-4–1.43e-4
+    (fp16), 6e-8–7.4e-8 (fp32: only the decode path differs). Bands with ≥ 3× margin on either side."""
+    tv = {}
+    for engine in ("model-bf16", "model-fp16", "model-fp32"):
+        row = SequenceTrainer(_tiny_sequence(tmp_path, engine=engine, steps=1, seed=seed)).train_step()
+        tv[engine] = row["tv_exact_start"]
+        assert row["mismatch_mean"] <= 2 * tv[engine] + 1e-12  # |π(a) − μ(a)| ≤ 2·TV of the state
+    assert 3e-4 <= tv["model-bf16"] <= 5e-3
+    assert 3e-5 <= tv["model-fp16"] <= 6e-4
+    assert tv["model-fp32"] <= 1e-6
+    assert 3 <= tv["model-bf16"] / tv["model-fp16"] <= 30  # 3 fewer mantissa bits: ≈ 8×
+
+
+def test_exact_engine_reports_the_trainers_own_logprobs(tmp_path):
+    table = SequenceTrainer(_tiny_sequence(tmp_path, engine="none", steps=2, num_minibatches=1)).train()
+    assert (table["mismatch_mean"] == 0).all() and (table["tv_exact_start"] == 0).all()
+    assert (table["chi2"] == 0).all()  # one mini-batch: π = π_old = μ when the loss is evaluated
+
+
+def test_model_engine_runs_resume_bit_for_bit_with_stale_engine_weights(tmp_path):
+    config = _tiny_sequence(tmp_path, engine="model-bf16", staleness=1, variant="minirl", steps=4)
+    uninterrupted = SequenceTrainer(config).train()
+    SequenceTrainer(config).train(tmp_path / "run", stop_after=3)
+    resumed = SequenceTrainer(config).train(tmp_path / "run")
+    pd.testing.assert_frame_equal(_comparable(resumed), _comparable(uninterrupted), check_exact=True)
+    again = SequenceTrainer(config).train()
+    pd.testing.assert_frame_equal(_comparable(again), _comparable(uninterrupted), check_exact=True)
+
+
+def test_verl_variant_divides_by_the_recomputed_policy(tmp_path):
+    """verl's DPPO: ratio π/π_old, so on a single mini-batch every ratio is 1 even with a mismatched engine."""
+    common = dict(engine="model-bf16", steps=2, num_minibatches=1)
+    verl = SequenceTrainer(_tiny_sequence(tmp_path, variant="verl_dppo_tv", **common)).train()
+    assert (verl["chi2"] == 0).all() and (verl["mismatch_k1"] == 0).all()
+    assert (verl["mismatch_mean"] > 0).all()  # μ still differs from π: only the ratio ignores it
+    rollout = SequenceTrainer(_tiny_sequence(tmp_path, variant="dppo_binary_tv", **common)).train()
+    assert (rollout["chi2"] > 0).all()
+
+
+def test_prompt_pool_is_at_intermediate_success_and_cached(tmp_path):
+    config = _tiny_sequence(
+        tmp_path, prompt_pool=8, pool_candidates=256, pool_samples=8, eval_prompts=8, eval_every=2, steps=2,
+        task="reverse", max_length=4, min_length=3, warm_start_steps=60,
+    )  # fmt: skip
+    trainer = SequenceTrainer(config)
+    pool = trainer.pool
+    assert pool.prompts.shape == (8, trainer.task.prompt_length) and pool.eval_prompts.shape[0] == 8
+    assert ((pool.success >= 0.2) & (pool.success <= 0.8)).all()
+    held = {tuple(p) for p in pool.eval_prompts.tolist()}
+    assert not held & {tuple(p) for p in pool.prompts.tolist()}
+    batch = trainer.collect()
+    del batch
+    trained = {tuple(p) for p in trainer.inputs[:, : trainer.task.prompt_length].tolist()}
+    assert trained <= {tuple(p) for p in pool.prompts.tolist()}
+    table = trainer.train()
+    assert table["eval_reward_sampled"].notna().sum() == 2  # steps 1 and 2
+    assert len(list((tmp_path / "cache").glob("prompt_pool-*.pt"))) == 1
+    np.testing.assert_array_equal(SequenceTrainer(config).pool.prompts, pool.prompts)
+
+
+def test_export_tokens_writes_the_per_token_table(tmp_path):
+    import pyarrow.parquet as pq
+
+    trainer = SequenceTrainer(_tiny_sequence(tmp_path, steps=2, engine="model-bf16"))
+    trainer.export_dir = tmp_path / "tokens"
+    table = trainer.train()
+    files = sorted((tmp_path / "tokens").glob("*.parquet"))
+    assert len(files) == 2
+    frame = pq.read_table(files[0]).to_pandas()
+    step1 = frame[frame["response_mask"]]
+    assert {"rollout_logprob", "logprob", "advantage", "tv_exact", "topk_ids"} <= set(frame.columns)
+    diff = np.abs(np.exp(step1["logprob"]) - np.exp(step1["rollout_logprob"])).mean()
+    np.testing.assert_allclose(diff, table["mismatch_mean"].iloc[0], rtol=1e-5)

@@ -1,7 +1,7 @@
 """A fixed prompt pool at intermediate success, as in the paper's sanity test (docs/design.md §7).
 
 The paper trains on MATH problems that the starting model solves 20–80 % of the time. The toy does the same:
-after the warm start, ``candidates`` prompts are drawn, each is answered ``samples`` times by the fp32 model at
+after the warm start, ``candidates`` prompts are drawn (duplicates dropped), each is answered ``samples`` times by the fp32 model at
 temperature 1, and its success rate s = mean verifier reward is estimated. The pool is the first ``size``
 candidates with low ≤ s ≤ high; the next ``eval_size`` in-band candidates are the held-out evaluation prompts
 (same distribution, never trained on). Pools are cached next to the warm start, keyed by everything that shapes
@@ -80,11 +80,14 @@ def build_prompt_pool(
 ) -> PromptPool:
     """The pool of the module docstring; ValueError when fewer than ``size + eval_size`` candidates are in band."""
     drawn = task.sample_prompts(np.random.default_rng([seed, 0x9001]), candidates)
+    _, first = np.unique(drawn, axis=0, return_index=True)
+    drawn = drawn[np.sort(first)]  # distinct prompts, in the order drawn: pool and held-out never share one
     success = success_rates(model, task, drawn, samples=samples, seed=seed)
     in_band = np.flatnonzero((success >= low) & (success <= high))
     if len(in_band) < size + eval_size:
         raise ValueError(
-            f"only {len(in_band)} of {candidates} candidate prompts have a warm-start success in [{low}, {high}] "
+            f"only {len(in_band)} of {len(drawn)} distinct candidate prompts (of {candidates} drawn) have a "
+            f"warm-start success in [{low}, {high}] "
             f"(the pool needs {size} + {eval_size} held out); raise pool_candidates, widen the band or change "
             "the warm start"
         )
