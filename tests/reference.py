@@ -1,4 +1,4 @@
-"""Independent float64 numpy/scipy references for the core numerics (DESIGN §2), written from the definitions.
+"""Independent float64 numpy/scipy references for the core numerics (docs/design.md §2), written from the definitions.
 
 They use plain formulas on full probability vectors; rest buckets are summed over the complement of the set
 directly (not 1 − Σ), so they share no numerical trick with the package.
@@ -72,14 +72,14 @@ def topk_kl(mu_logits: np.ndarray, pi_logits: np.ndarray, ids: np.ndarray) -> np
 
 
 def ppo_drop(r: np.ndarray, adv: np.ndarray, low: float, high: float) -> np.ndarray:
-    """DESIGN §2 'ppo': drop if Â > 0 and r > 1 + high, or Â < 0 and r < 1 − low."""
+    """docs/design.md §2 'ppo': drop if Â > 0 and r > 1 + high, or Â < 0 and r < 1 − low."""
     return ((adv > 0) & (r > 1 + high)) | ((adv < 0) & (r < 1 - low))
 
 
 def divergence_drop(
     d: np.ndarray, pi_a: np.ndarray, mu_a: np.ndarray, adv: np.ndarray, low: float, high: float
 ):
-    """DESIGN §2 DPPO rule: drop if Â > 0, D > high, π(a) > μ(a); or Â < 0, D > low, π(a) < μ(a)."""
+    """docs/design.md §2 DPPO rule: drop if Â > 0, D > high, π(a) > μ(a); or Â < 0, D > low, π(a) < μ(a)."""
     return ((adv > 0) & (d > high) & (pi_a > mu_a)) | ((adv < 0) & (d > low) & (pi_a < mu_a))
 
 

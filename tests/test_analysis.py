@@ -41,7 +41,7 @@ def _random_pair(rng: np.random.Generator, s: int, v: int, scale: float = 1.0):
 
 
 def _reference_estimates(mu_logits, pi_logits, state, token):
-    """Per-token estimates written from DESIGN §2 / §1 in plain numpy float64."""
+    """Per-token estimates written from docs/design.md §2 / §1 in plain numpy float64."""
     lmu, lpi = _logp(mu_logits), _logp(pi_logits)
     mu, pi = np.exp(lmu), np.exp(lpi)
     m_a, p_a = mu[state, token], pi[state, token]

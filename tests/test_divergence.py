@@ -446,7 +446,7 @@ SET_RULES = ("topk", "topk_plus_sampled", "topk_replace_last")
 
 
 def set_rule_ids(lmu: np.ndarray, a: np.ndarray, k: int, rule: str) -> np.ndarray:
-    """The engine's reported ids under a set rule (DESIGN §2); −1 marks an unused slot."""
+    """The engine's reported ids under a set rule (docs/design.md §2); −1 marks an unused slot."""
     if rule == "topk_plus_sampled":
         return topk_set(lmu, a, k)
     top = np.argsort(-lmu, axis=-1, kind="stable")[:, :k]

@@ -1,4 +1,4 @@
-"""trust_region_mask against the DESIGN §2 rule table, computed with the float64 references of tests/reference.py."""
+"""trust_region_mask against the docs/design.md §2 rule table, computed with the float64 references of tests/reference.py."""
 
 from __future__ import annotations
 

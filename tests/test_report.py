@@ -59,7 +59,7 @@ def _topk(lmu_set, lpi_set):
 
 
 def _reference_drop(method, low, high, lp, anchor, adv, d=None):
-    """DESIGN §2 drop rules, float64 numpy."""
+    """docs/design.md §2 drop rules, float64 numpy."""
     if method == "ppo":
         r = np.exp(lp - anchor)
         return ((adv > 0) & (r > 1 + high)) | ((adv < 0) & (r < 1 - low))

@@ -53,7 +53,7 @@ TINY_BANDIT = {
 
 
 def _reference_step(logits0, contexts, tokens, rollout_logprob, advantages, *, method, low, high, cap):
-    """Float64 numpy loss and ∂loss/∂θ of the DESIGN §2 surrogate (token-mean, one mini-batch, T = 1)."""
+    """Float64 numpy loss and ∂loss/∂θ of the docs/design.md §2 surrogate (token-mean, one mini-batch, T = 1)."""
     logp = log_softmax(logits0.astype(np.float64)[contexts], axis=-1)
     probs = softmax(logits0.astype(np.float64)[contexts], axis=-1)
     rows = np.arange(len(contexts))
@@ -475,6 +475,7 @@ def test_prompt_pool_is_at_intermediate_success_and_cached(tmp_path):
     pool = trainer.pool
     assert pool.prompts.shape == (8, trainer.task.prompt_length) and pool.eval_prompts.shape[0] == 8
     assert ((pool.success >= 0.2) & (pool.success <= 0.8)).all()
+    np.testing.assert_array_equal(trainer.eval_prompts, pool.eval_prompts)
     held = {tuple(p) for p in pool.eval_prompts.tolist()}
     assert not held & {tuple(p) for p in pool.prompts.tolist()}
     batch = trainer.collect()
@@ -500,3 +501,11 @@ def test_export_tokens_writes_the_per_token_table(tmp_path):
     assert {"rollout_logprob", "logprob", "advantage", "tv_exact", "topk_ids"} <= set(frame.columns)
     diff = np.abs(np.exp(step1["logprob"]) - np.exp(step1["rollout_logprob"])).mean()
     np.testing.assert_allclose(diff, table["mismatch_mean"].iloc[0], rtol=1e-5)
+
+
+def test_every_task_field_of_the_config_reaches_the_task(tmp_path):
+    config = _tiny_sequence(tmp_path, task="sort", max_length=4, min_length=2, num_symbols=5, scratch_length=3)
+    config = dataclasses.replace(config, scratch_zipf=1.5, steps=1)
+    task = SequenceTrainer(config).task
+    assert (task.task, task.max_length, task.min_length, task.num_symbols) == ("sort", 4, 2, 5)
+    assert (task.scratch_length, task.scratch_zipf) == (3, 1.5) and task.answer_length == 3 + 4 + 1

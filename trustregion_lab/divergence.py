@@ -1,6 +1,6 @@
 """Divergences between the rollout policy μ and the trainer's policy π: exact, Binary, Top-K, single-sample.
 
-Conventions (DESIGN §2): μ = rollout engine, π = current trainer policy, KL means KL(μ‖π). Exact divergences take
+Conventions (docs/design.md §2): μ = rollout engine, π = current trainer policy, KL means KL(μ‖π). Exact divergences take
 logits `[..., vocab]`; Binary ones take the sampled token's log-probs `[...]`; Top-K ones take the engine's reported
 log-probs and ids `[..., K]` plus the trainer's logits `[..., vocab]`. Every function accepts torch tensors or numpy
 arrays and returns the same kind, on the input's device, in the input's float dtype (the wider of two), computing in

@@ -1,4 +1,4 @@
-"""The one policy-gradient surrogate every method shares, and its diagnostics (DESIGN §2).
+"""The one policy-gradient surrogate every method shares, and its diagnostics (docs/design.md §2).
 
     loss_t = −Â_t · sg(min(r_t, ratio_cap)) · M_t · log π(a_t),     r_t = π(a_t)/μ(a_t),  sg = stop-gradient
 
@@ -44,7 +44,7 @@ from trustregion_lab.masks import broadcast_advantages, check_method, outside_re
 __all__ = ["AGGREGATIONS", "DESIGN_METRICS", "METRIC_NAMES", "aggregate", "policy_loss"]
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
-# the diagnostics DESIGN §2 names, which every method reports; then extras and the denominators behind them
+# the diagnostics docs/design.md §2 names, which every method reports; then extras and the denominators behind them
 DESIGN_METRICS = (
     "mask_frac",
     "mask_frac_pos",
@@ -117,7 +117,7 @@ def policy_loss(
     old_logits: ArrayLike | None = None,
     log_ratio_penalty: float = 0.0,
 ) -> tuple[ArrayLike, dict[str, float]]:
-    """The masked, capped importance-sampling surrogate of DESIGN §2 → (scalar loss, metrics).
+    """The masked, capped importance-sampling surrogate of docs/design.md §2 → (scalar loss, metrics).
 
     logprob: log π(a) `[..., time]` (a torch tensor with grad for training); rollout_logprob: log μ(a), same shape;
     advantages: Â, same shape or `[batch]` for `[batch, time]`; response_mask: bool, same shape (False = padding);

@@ -86,7 +86,7 @@ def token_mask(batch: TokenBatch, spec: MaskSpec) -> np.ndarray:
             ),
             dtype=bool,
         )
-    # DESIGN §2: a DPPO mask depends on the token only through the state's divergence estimate D (a function of
+    # docs/design.md §2: a DPPO mask depends on the token only through the state's divergence estimate D (a function of
     # the state, and for Top-K of the reported ids), the direction of π(a) − μ(a) and the sign of Â. The mask is
     # evaluated once per distinct key, materialising per-token logits for those rows only (in chunks).
     direction = np.sign(batch.logprob - batch.rollout_logprob)

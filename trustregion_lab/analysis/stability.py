@@ -6,7 +6,7 @@ first update) and optionally ``eval_reward_sampled`` (the fp32 evaluation on hel
 without one). Per run, with W = 10 steps:
     m̃_t      = median of m over steps t − W + 1 .. t (the "10-step median")
     r̃_t      = mean of the training reward over the same window (the reward smoothed like m)
-    drift    : after the first W steps, m̃_t ≥ 2 · min_{W ≤ s ≤ t} m̃_s on ≥ 20 consecutive steps
+    drift    : after the first W steps, m̃_t ≥ 2 · min_{W ≤ s ≤ t} m̃_s > 0 on ≥ 20 consecutive steps
     collapse : r̃_t ≤ max_{s ≤ t} r̃_s − 0.05 and r̃ stays below that level for the next 50 steps (a drop
                within 50 steps of the end is not confirmed), or the fp32 evaluation reward falls ≥ 0.1 below
                its maximum so far; collapse_step = the first step either holds (NaN when none)
@@ -80,7 +80,8 @@ def run_stability(
     out["mismatch_start"] = float(m_med[start])
     out["mismatch_peak"] = float(np.max(m_med))
     running_min = np.minimum.accumulate(m_med[start:])
-    drift_at = _first_stretch(m_med[start:] >= DRIFT_FACTOR * running_min, DRIFT_STEPS)
+    # a mismatch that is exactly 0 (an exact engine) never drifts: 0 ≥ 2 · 0 is not a doubling
+    drift_at = _first_stretch((m_med[start:] >= DRIFT_FACTOR * running_min) & (running_min > 0), DRIFT_STEPS)
     out["drifted"] = drift_at >= 0
     out["drift_step"] = float(steps[start + drift_at]) if drift_at >= 0 else np.nan
 

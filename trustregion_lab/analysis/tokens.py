@@ -2,7 +2,7 @@
 
 A `TokenBatch` holds S states with full logits for the rollout distribution μ (the engine's) and the current
 policy π, plus N tokens, each with its state, id, weight, advantage, log μ(a) as reported by the engine, log π(a),
-and the Top-K id sets the engine would report under each set rule (DESIGN §2).
+and the Top-K id sets the engine would report under each set rule (docs/design.md §2).
 
 Weights make expectations over a ~ μ exact or Monte Carlo with one code path:
 - `enumerate_tokens`: every token of every state, weight μ(a) (exact expectations; small V only).
@@ -139,7 +139,7 @@ def reported_topk_sets(
     *,
     top_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ids a rollout engine reports for each token, and log μ at them (DESIGN §2 set rules).
+    """The ids a rollout engine reports for each token, and log μ at them (docs/design.md §2 set rules).
 
     rollout_logprobs: log μ `[S, V]`; state, token `[N]`. Rules (as `trustregion_lab.mismatch.RolloutEngine`
     reports them): "topk" (the K largest μ; K ids), "topk_plus_sampled" (those plus the sampled token when

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 REWARD_MODES = ("verifiable", "table")
-# DESIGN §5: V up to 262,144, the size of the largest LLM vocabularies; above it a bandit stops being LLM-like.
+# docs/design.md §5: V up to 262,144, the size of the largest LLM vocabularies; above it a bandit stops being LLM-like.
 MAX_VOCAB_SIZE = 262_144
 # The problem's arrays (initial logits, reward table) must fit in this; a trainer holds a few more of that size.
 MAX_PROBLEM_BYTES = 4 * 2**30

@@ -1,7 +1,7 @@
 """Rollout-engine models: the engine's distribution μ and what an engine reports, given the trainer's logits.
 
 A rollout engine (vLLM, SGLang, ...) and the trainer run the same weights through different kernels, precisions
-and MoE routings, so at equal weights the engine samples from μ ≠ π (DESIGN §1). `RolloutEngine` turns the
+and MoE routings, so at equal weights the engine samples from μ ≠ π (docs/design.md §1). `RolloutEngine` turns the
 trainer's logits `[..., V]` into the engine's logits μ and an engine's report: one sampled token per row, its
 log-prob, and top-K ids with their log-probs. One frozen `EngineConfig` selects the composable models; one call
 runs them. Named, calibrated configurations live in `ENGINE_PRESETS`.

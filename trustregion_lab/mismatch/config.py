@@ -64,7 +64,7 @@ class EngineConfig:
     top_p: nucleus mass in (0, 1]; 1 keeps every token.
     logprob_mode: "processed" (log μ, after temperature and top-p) or "raw" (before them); vLLM's semantics.
     topk: K ≥ 1 ids reported per row (must be ≤ V at call time).
-    topk_rule: "topk" | "topk_plus_sampled" | "topk_replace_last" (DESIGN §2).
+    topk_rule: "topk" | "topk_plus_sampled" | "topk_replace_last" (docs/design.md §2).
     """
 
     precision: str = "bf16"

@@ -1,7 +1,7 @@
 """The engine's numeric building blocks: precision rounding, in-place log-softmax, block top-k, top-p, the
 exact inverse-CDF categorical draw, and the Top-K set rules. Plain torch functions on `[n, V]` tensors.
 
-Top-K reports (DESIGN §2; K = `topk`): ids are the K largest μ (ties broken deterministically but otherwise
+Top-K reports (docs/design.md §2; K = `topk`): ids are the K largest μ (ties broken deterministically but otherwise
 arbitrarily: a bf16 softmax produces many tied log-probs), reported with their log-probs under `logprob_mode`.
 The set rule decides what happens to the sampled token a:
 - "topk": the K largest only (a may be missing); shape [..., K].

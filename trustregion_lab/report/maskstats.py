@@ -1,7 +1,7 @@
 """Streaming mask statistics: summary (mask rates per method), by_mu (PPO vs Binary TV) and matched δ.
 
 Every statistic is a sum over chunks, so the tables need one pass and memory independent of the token count.
-Denominators (DESIGN §2): response tokens with Â ≠ 0 whose needed inputs are finite (`TokenView.in_set`);
+Denominators (docs/design.md §2): response tokens with Â ≠ 0 whose needed inputs are finite (`TokenView.in_set`);
 `mask_frac` = dropped / tokens, `mask_frac_pos` / `mask_frac_neg` = dropped among Â > 0 / Â < 0.
 
 Matched δ ("which δ matches my ε"): with symmetric thresholds a mask drops a token exactly when its critical

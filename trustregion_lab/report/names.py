@@ -1,4 +1,4 @@
-"""Metric names of the report (this project's names, DESIGN §2 and the trainers') and each framework's own name
+"""Metric names of the report (this project's names, docs/design.md §2 and the trainers') and each framework's own name
 for the same quantity, where one exists.
 
 With r = π(a)/μ(a) over response tokens whose log-probs are finite (mask rates: tokens with Â ≠ 0):
@@ -7,7 +7,7 @@ With r = π(a)/μ(a) over response tokens whose log-probs are finite (mask rates
     mismatch_logprob_abs   mean |log π(a) − log μ(a)|       mismatch_logprob_abs_max   max of it
     mismatch_k1            mean (log μ(a) − log π(a))       mismatch_k3        mean (r − 1 − log r)
     chi2                   mean (r − 1)²                    ess                (Σ r)² / (n Σ r²)
-    ratio_cap_frac         share with r > 10 (DESIGN's default ratio cap)
+    ratio_cap_frac         share with r > 10 (the default ratio cap, docs/design.md §2)
     mask_frac              dropped / tokens with Â ≠ 0, for the mask named in the row (method, low, high)
     tv_exact, kl_exact     mean exact TV / KL per token's state (toys only), entropy, reward: token means
 `FRAMEWORK_METRICS` gives each framework's own name for these, read from its source code, with a note on what

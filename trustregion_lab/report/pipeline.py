@@ -1,6 +1,6 @@
 """One streaming pass over a token export → the report's tables (`analyse`), and writing them (`write_report`).
 
-Masks of the summary (DESIGN §2, thresholds as `MaskSpec`s): `ppo` 0.2/0.2 and 0.2/0.28, `dppo_binary_tv`
+Masks of the summary (docs/design.md §2, thresholds as `MaskSpec`s): `ppo` 0.2/0.2 and 0.2/0.28, `dppo_binary_tv`
 0.15/0.15 and 0.2/0.2, `dppo_binary_kl` 0.05/0.05 on the rollout anchor; the Top-K methods at the same δ when the
 table has top-K columns; `dppo_exact_tv` / `dppo_exact_kl` from tv_exact / kl_exact when present; and the
 ppo / binary masks again on the recompute anchor when old_logprob exists. Rows whose inputs never appear in

@@ -5,7 +5,7 @@ A `MaskSpec` names a mask (method of `trustregion_lab.masks.METHODS`, thresholds
     in_set: the token enters the spec's mask statistics: Â finite and ≠ 0, and every value the mask needs finite
             (log μ(a), log π(a); log π_old(a) for the recompute anchor; the top-K lists for Top-K methods;
             tv_exact / kl_exact for the exact methods);
-    drop:   the mask drops it (DESIGN §2 rules, computed by `trustregion_lab.masks.trust_region_mask`).
+    drop:   the mask drops it (docs/design.md §2 rules, computed by `trustregion_lab.masks.trust_region_mask`).
 The exact methods have no logits here: their rule is applied to the table's tv_exact / kl_exact column D:
     drop = (Â > 0 and D > high and π(a) > μ(a)) or (Â < 0 and D > low and π(a) < μ(a)).
 Top-K methods get the trainer's side as logits over a local vocabulary of K + 1 outcomes: the reported ids'
@@ -199,7 +199,7 @@ class TokenView:
 
         ppo: c = r − 1 (Â > 0), 1 − r (Â < 0); DPPO: c = D when the update moves π(a) away from μ(a)
         ((Â > 0 and π(a) > μ(a)) or (Â < 0 and π(a) < μ(a))), else −∞. Rollout anchor. A token is dropped at
-        low = high = t exactly when c > t (the rules of DESIGN §2).
+        low = high = t exactly when c > t (the rules of docs/design.md §2).
         """
         adv = self.chunk.advantage
         if method == "ppo":

@@ -63,7 +63,11 @@ class SequenceTrainer(Trainer):
             config.task,
             vocab_size=config.vocab_size,
             max_length=config.max_length,
+            min_length=config.min_length,
+            num_symbols=config.num_symbols,
             reward_mode=config.reward_mode,
+            scratch_length=config.scratch_length,
+            scratch_zipf=config.scratch_zipf,
         )
         self.policy = build_model(config, self.task, self.device)
         start = time.perf_counter()
@@ -111,9 +115,12 @@ class SequenceTrainer(Trainer):
         self.decoder = KVCacheDecoder(self.served, MODEL_ENGINES.get(config.engine, "fp32"))
         self.optimizer = make_optimizer(config, list(self.policy.parameters()))
         self.rng = np.random.default_rng([config.seed, 0x5E])
-        self.eval_prompts = self.task.sample_prompts(
-            np.random.default_rng([config.seed, _EVAL_SEED]), config.eval_prompts
-        )
+        if self.pool is None:
+            self.eval_prompts = self.task.sample_prompts(
+                np.random.default_rng([config.seed, _EVAL_SEED]), config.eval_prompts
+            )
+        else:  # held-out prompts of the pool's band, never trained on
+            self.eval_prompts = self.pool.eval_prompts
         self.sampler = TokenSampler(config.engine, config.engine_topk, config.topk_rule, config.seed)
 
     @torch.no_grad()

@@ -5,7 +5,7 @@ engine, 4 gradient steps per rollout batch and Dr.GRPO advantages, and finds tha
 region (PG-IS, CISPO, MiniRL) let the mismatch mean |π − μ| grow and collapse while DPPO stays stable. The toy
 version: the warm-started transformer on a fixed prompt pool at intermediate success (``prompt_pool``), answers
 of up to 21 tokens (a scratchpad of 8 free tokens the verifier never reads, then up to 12 verified symbols and
-EOS; the task is ``sort``, chosen by the calibration below),
+EOS; the task and learning rate are chosen by the calibration below),
 the rollout engine a second implementation of the same model in bf16 (``engine="model-bf16"``: the mismatch
 depends on the weights) or in fp32 (``"model-fp32"``, which differs from the trainer only by its decode path:
 the matched engine), Dr.GRPO advantages (``adv_norm="mean"``), 4 mini-batches per rollout batch.
@@ -19,8 +19,8 @@ A. calibration (``stability-calibration``): the regime knobs only, with an arm o
    with the most such steps.
 B. the study (``stability``): the paper's arms × {model-bf16, model-fp32} × 3 seeds at that setting, scored
    by ``trustregion_lab.analysis.stability`` (drift, collapse, stable, reproduced as docs/design.md §7 defines).
-   Outcome (figures/stability/calibration/calibration.csv): no setting was intermediate; the most intermediate
-   was sort at lr 1e-5 (43.5 % of steps; reward 0.61 → 0.87 over 200 steps), so the study runs sort, lr 1e-5.
+   A first calibration run was void: the trainer then ignored ``scratch_length`` (a bug, since fixed), so it
+   ran without the scratchpad (figures/stability/calibration/calibration_bug_no_scratchpad.csv).
 C. the search (``stability-search``): PG-IS and DPPO Binary-TV with the bf16 engine, seed 0, at the study's
    setting and at each single-knob change of it: lr × 3, lr × 10, Adam ε = 1e-15, no gradient clipping, an fp16
    engine, one step of staleness, 2 epochs per rollout batch. Every cell is reported (``search.csv``); a cell
@@ -51,14 +51,14 @@ STABILITY_ARMS = (
 )
 LOW_PRECISION, MATCHED = "model-bf16", "model-fp32"
 STABILITY_SETTINGS: dict[str, Any] = {
-    "task": "sort",
+    "task": "reverse",
     "max_length": 12,
     "scratch_length": 8,
     "steps": 250,
     "prompts_per_step": 16,
     "group_size": 8,
     "num_minibatches": 4,
-    "lr": 1e-5,
+    "lr": 1e-4,
     "adv_norm": "mean",
     "engine": LOW_PRECISION,
     "warm_start_steps": 600,

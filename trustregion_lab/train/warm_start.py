@@ -1,6 +1,6 @@
 """Supervised warm start of the transformer, cached by configuration.
 
-RL on an LLM starts from a pretrained model, competent but imperfect; the toy does the same (DESIGN §5). The warm
+RL on an LLM starts from a pretrained model, competent but imperfect; the toy does the same (docs/design.md §5). The warm
 start is teacher forcing on *noisy* demonstrations: the task's correct answer with each token replaced, with
 probability ``noise``, by a uniformly random token. Cross-entropy on the answer positions,
     loss = −mean_{rows, t} log π(y_t | prompt, y_<t)   (y = the noisy demonstration),
