@@ -259,3 +259,14 @@ def test_log_ratio_penalty_gradient_matches_numpy():
     keep = ~ref.divergence_drop(np.abs(pi - mu), pi, mu, adv, 0.2, 0.2)
     want = (-adv * np.exp(lp_np - lmu) * keep + 2 * c * (lp_np - lmu)) * valid / valid.sum()
     np.testing.assert_allclose(lp.grad.numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_zero_advantage_token_with_an_infinite_uncapped_ratio_does_not_poison_the_loss():
+    lp = torch.tensor([[-0.5, 0.0]], dtype=torch.float64, requires_grad=True)
+    lmu = torch.tensor([[-0.6, -1000.0]], dtype=torch.float64)  # r = e^1000 = inf on a valid Â = 0 token
+    loss, _ = policy_loss(
+        "none", logprob=lp, rollout_logprob=lmu, advantages=torch.tensor([[1.0, 0.0]], dtype=torch.float64),
+        response_mask=torch.ones(1, 2, dtype=torch.bool), low=0.0, high=0.0, ratio_cap=math.inf,
+    )  # fmt: skip
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lp.grad).all() and lp.grad[0, 1] == 0

@@ -504,8 +504,22 @@ def test_export_tokens_writes_the_per_token_table(tmp_path):
 
 
 def test_every_task_field_of_the_config_reaches_the_task(tmp_path):
-    config = _tiny_sequence(tmp_path, task="sort", max_length=4, min_length=2, num_symbols=5, scratch_length=3)
+    config = _tiny_sequence(
+        tmp_path, task="sort", max_length=4, min_length=2, num_symbols=5, scratch_length=3
+    )
     config = dataclasses.replace(config, scratch_zipf=1.5, steps=1)
     task = SequenceTrainer(config).task
     assert (task.task, task.max_length, task.min_length, task.num_symbols) == ("sort", 4, 2, 5)
     assert (task.scratch_length, task.scratch_zipf) == (3, 1.5) and task.answer_length == 3 + 4 + 1
+
+
+def test_exact_engine_with_staleness_reports_the_stale_weights_logprobs():
+    config = BanditConfig(steps=4, engine="none", staleness=1, **TINY_BANDIT)
+    trainer = BanditTrainer(config)
+    table = trainer.train()
+    assert table["mismatch_mean"].iloc[0] == 0.0  # step 1: the stale weights are the initial ones
+    assert (table["mismatch_mean"].iloc[1:] > 0).all()
+    batch = trainer.batch  # the last step's batch: μ must be the served (one step old) weights' softmax
+    stale = torch.log_softmax(trainer.served(trainer.contexts).double(), -1)
+    want = stale.gather(-1, batch.tokens.long()).float()
+    torch.testing.assert_close(batch.rollout_logprob, want, rtol=0, atol=1e-6)

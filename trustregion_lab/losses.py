@@ -177,7 +177,7 @@ def policy_loss(
         weight = ratio.clamp(max=cap)
         # zero (not 0 · inf = NaN) where a token carries no gradient: padding, Â = 0, masked, or r = inf uncapped
         cdtype = torch.float64 if lp.dtype == torch.float64 else torch.float32
-        coef = torch.where(keep & resp, -adv.double() * weight, 0.0).to(cdtype)
+        coef = torch.where(keep & (pos | neg), -adv.double() * weight, 0.0).to(cdtype)
 
     per_token = coef * lp.to(cdtype)
     if penalty > 0:

@@ -3,18 +3,25 @@
 Input: a tidy training table with one row per (variant, engine, seed, step) and the columns ``reward``,
 ``mismatch_mean`` (m = mean |π(a) − μ(a)| over the step's response tokens, at equal weights before the step's
 first update) and optionally ``eval_reward_sampled`` (the fp32 evaluation on held-out prompts, NaN on steps
-without one). Per run, with W = 10 steps:
+without one). Per run, with W = 10 steps (smoothed quantities exist from step W on: full windows only, so one
+lucky early step cannot set a maximum; the reward's window is longer, see r̃):
     m̃_t      = median of m over steps t − W + 1 .. t (the "10-step median")
-    r̃_t      = mean of the training reward over the same window (the reward smoothed like m)
-    drift    : after the first W steps, m̃_t ≥ 2 · min_{W ≤ s ≤ t} m̃_s > 0 on ≥ 20 consecutive steps
-    collapse : r̃_t ≤ max_{s ≤ t} r̃_s − 0.05 and r̃ stays below that level for the next 50 steps (a drop
-               within 50 steps of the end is not confirmed), or the fp32 evaluation reward falls ≥ 0.1 below
-               its maximum so far; collapse_step = the first step either holds (NaN when none)
-    stable   : never collapses, and the final r̃ is within 0.02 of max r̃
-    peak_reward = max r̃;  final_reward = r̃ at the last step;  mismatch_start = m̃ at step W;
-    mismatch_peak = max m̃;  drift_step = the first step of the first qualifying stretch (NaN when none)
+    r̃_t      = mean of the training reward over steps t − 24 .. t (25 steps: one step's reward, a mean over
+               16 prompts × 8 answers, has a noise of ≈ 0.06 in the study, so a 10-step mean would move its
+               running maximum by ≈ 0.05, the whole collapse threshold; 25 steps leave ≈ 0.03)
+    ẽ_j      = mean of the last 3 evaluations (the evaluation smoothed like the reward)
+    drift    : m̃_t ≥ 2 · min_{W ≤ s ≤ t} m̃_s > 0 on ≥ 20 consecutive steps
+    collapse : r̃_t ≤ max_{W ≤ s ≤ t} r̃_s − 0.05 and r̃ stays below that level for the next 50 steps (a drop
+               within 50 steps of the end is not confirmed), or ẽ falls ≥ 0.1 below its maximum so far;
+               collapse_step = the first step either holds (NaN when none)
+    stable   : never collapses, and final_reward ≥ peak_reward − 0.02, where the steps are cut into blocks of 100
+               counted back from the last step, final_reward = the mean reward of the last block and
+               peak_reward = the largest block mean (block means, not running maxima of short windows, so that
+               the 0.02 margin is not used up by noise)
+    mismatch_start = m̃ at step W;  mismatch_peak = max m̃;  drift_step = the first step of the first qualifying
+    stretch (NaN when none)
 A verdict per arm counts the seeds that drifted, collapsed and stayed stable; the paper's claim is *reproduced*
-when the no-trust-region arms (``pg_is``, ``cispo``, ``minirl``) drift and collapse in ≥ 2 of 3 seeds with the
+when the no-trust-region arms (``pg_is``, ``cispo``, ``minirl``) both drift and collapse in ≥ 2 of 3 seeds with the
 low-precision engine, every DPPO arm is stable in every seed there, and the no-trust-region arms are stable in
 every seed with the engine that matches the trainer.
 """
@@ -41,7 +48,10 @@ DRIFT_STEPS = 20
 COLLAPSE_DROP = 0.05
 RECOVERY_STEPS = 50
 EVAL_DROP = 0.1
+EVAL_WINDOW = 3
 STABLE_MARGIN = 0.02
+REWARD_WINDOW = 25
+BLOCK = 100
 NO_REGION_ARMS = ("pg_is", "cispo", "minirl")
 DPPO_ARMS = ("dppo_binary_tv", "dppo_binary_kl")
 SUMMARY_COLUMNS = (
@@ -68,41 +78,55 @@ def _first_stretch(flags: np.ndarray, length: int) -> int:
     return -1
 
 
+def _block_means(values: np.ndarray, block: int) -> np.ndarray:
+    """Means of consecutive blocks of ``block`` values counted back from the end (a shorter first block dropped
+    unless it is the only one)."""
+    n = len(values)
+    if n <= block:
+        return np.array([np.nanmean(values)])
+    cut = n % block
+    return np.nanmean(values[cut:].reshape(-1, block), axis=1)
+
+
 def run_stability(
     steps: np.ndarray, reward: np.ndarray, mismatch: np.ndarray, eval_reward: np.ndarray
 ) -> dict:
     """The module docstring's quantities for one run (arrays `[n_steps]`, in step order; eval NaN where none)."""
-    m_med = pd.Series(mismatch).rolling(WINDOW, min_periods=1).median().to_numpy()
-    r_avg = pd.Series(reward).rolling(WINDOW, min_periods=1).mean().to_numpy()
     n = len(steps)
-    out: dict = {"steps": n, "peak_reward": float(np.max(r_avg)), "final_reward": float(r_avg[-1])}
-    start = min(WINDOW, n) - 1
-    out["mismatch_start"] = float(m_med[start])
-    out["mismatch_peak"] = float(np.max(m_med))
-    running_min = np.minimum.accumulate(m_med[start:])
+    start = min(WINDOW, n) - 1  # the first step with a full window (or the last step of a short run)
+    m_med = pd.Series(mismatch).rolling(WINDOW, min_periods=1).median().to_numpy()[start:]
+    r_avg = (
+        pd.Series(reward)
+        .rolling(REWARD_WINDOW, min_periods=1)
+        .mean()
+        .to_numpy()[max(start, min(REWARD_WINDOW, n) - 1) :]
+    )
+    r_start = n - len(r_avg)
+    blocks = _block_means(np.asarray(reward, np.float64), BLOCK)
+    out: dict = {"steps": n, "peak_reward": float(blocks.max()), "final_reward": float(blocks[-1])}
+    out["mismatch_start"] = float(m_med[0])
+    out["mismatch_peak"] = float(np.nanmax(m_med)) if np.isfinite(m_med).any() else np.nan
+    running_min = np.fmin.accumulate(m_med)
     # a mismatch that is exactly 0 (an exact engine) never drifts: 0 ≥ 2 · 0 is not a doubling
-    drift_at = _first_stretch((m_med[start:] >= DRIFT_FACTOR * running_min) & (running_min > 0), DRIFT_STEPS)
+    drift_at = _first_stretch((m_med >= DRIFT_FACTOR * running_min) & (running_min > 0), DRIFT_STEPS)
     out["drifted"] = drift_at >= 0
     out["drift_step"] = float(steps[start + drift_at]) if drift_at >= 0 else np.nan
 
     collapse_at = -1
-    running_max = np.maximum.accumulate(r_avg)
-    for t in range(n):
+    running_max = np.fmax.accumulate(r_avg)
+    for t in range(len(r_avg)):
         level = running_max[t] - COLLAPSE_DROP
-        if (
-            r_avg[t] <= level
-            and t + RECOVERY_STEPS < n
-            and bool((r_avg[t : t + RECOVERY_STEPS + 1] < level).all())
-        ):
-            collapse_at = t
+        later = r_avg[t : t + RECOVERY_STEPS + 1]
+        if r_avg[t] <= level and t + RECOVERY_STEPS < len(r_avg) and bool((later < level).all()):
+            collapse_at = r_start + t
             break
     evals = np.asarray(eval_reward, np.float64)
-    has_eval = np.isfinite(evals)
-    if has_eval.any():
-        e = np.where(has_eval, evals, -np.inf)
-        eval_drop = has_eval & (evals <= np.maximum.accumulate(e) - EVAL_DROP)
-        if eval_drop.any():
-            first = int(np.argmax(eval_drop))
+    at = np.flatnonzero(np.isfinite(evals))
+    if len(at) >= EVAL_WINDOW:
+        smooth = pd.Series(evals[at]).rolling(EVAL_WINDOW).mean().to_numpy()[EVAL_WINDOW - 1 :]
+        dropped = smooth <= np.maximum.accumulate(smooth) - EVAL_DROP
+        if dropped.any():
+            first = int(at[EVAL_WINDOW - 1 + int(np.argmax(dropped))])
             collapse_at = first if collapse_at < 0 else min(collapse_at, first)
     out["collapsed"] = collapse_at >= 0
     out["collapse_step"] = float(steps[collapse_at]) if collapse_at >= 0 else np.nan
@@ -138,12 +162,14 @@ def stability_verdict(summary: pd.DataFrame, low_precision: str, matched: str) -
     low_precision: the engine of the mismatched runs (e.g. ``"model-bf16"``); matched: the engine that matches
     the trainer. The claim rows (``variant`` = "claim: ...") hold ``holds`` True/False.
     """
+    both = summary.assign(drifted_and_collapsed=summary["drifted"] & summary["collapsed"])
     counts = (
-        summary.groupby(["variant", "engine"])
+        both.groupby(["variant", "engine"])
         .agg(
             seeds=("seed", "nunique"),
             drifted=("drifted", "sum"),
             collapsed=("collapsed", "sum"),
+            drifted_and_collapsed=("drifted_and_collapsed", "sum"),
             stable=("stable", "sum"),
         )
         .reset_index()
@@ -159,7 +185,7 @@ def stability_verdict(summary: pd.DataFrame, low_precision: str, matched: str) -
 
     claims = {
         "no-region arms drift and collapse in >= 2 of 3 seeds (low precision)": all_arms(
-            NO_REGION_ARMS, low_precision, lambda r: min(r["drifted"], r["collapsed"]) >= 2
+            NO_REGION_ARMS, low_precision, lambda r: r["drifted_and_collapsed"] >= 2
         ),
         "DPPO arms stable in every seed (low precision)": all_arms(
             DPPO_ARMS, low_precision, lambda r: r["stable"] == r["seeds"]

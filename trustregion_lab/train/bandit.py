@@ -85,6 +85,10 @@ class BanditTrainer(Trainer):
         """π_θ's logits [b, 1, V] for the given rows of the current batch."""
         return self.policy(self.contexts[rows])[:, None, :]
 
+    @torch.no_grad()
+    def served_logits(self) -> torch.Tensor:
+        return self.served(self.contexts)[:, None, :]
+
     def eval_due(self) -> bool:
         return True
 

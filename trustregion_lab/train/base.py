@@ -118,14 +118,19 @@ class Trainer:
         """Per-run constants every row carries (e.g. the warm start's reward)."""
         return {}
 
+    def served_logits(self) -> torch.Tensor:
+        """The served (engine) weights' logits `[B, T, V]` at the current batch's states, no gradient."""
+        raise NotImplementedError
+
     @staticmethod
-    def exact_engine_report(batch: RolloutBatch) -> RolloutBatch:
-        """With ``engine="none"`` μ is π_old itself: the report is replaced by the trainer's own log-probs."""
-        old = torch.log_softmax(batch.old_logits, -1)
-        batch.rollout_logits = batch.old_logits  # logits of μ = π_old (normalised inside the divergences)
-        batch.rollout_logprob = batch.old_logprob.clone()
+    def exact_engine_report(batch: RolloutBatch, served_logits: torch.Tensor) -> RolloutBatch:
+        """With ``engine="none"`` μ is the trainer's own forward at the served weights (π_old itself unless the
+        engine is stale): the report is replaced by those log-probs, exactly."""
+        log_mu = torch.log_softmax(served_logits, -1)
+        batch.rollout_logits = served_logits  # normalised inside the divergences
+        batch.rollout_logprob = log_mu.gather(-1, batch.tokens.unsqueeze(-1)).squeeze(-1)
         batch.topk_logprobs = torch.where(
-            batch.topk_ids >= 0, old.gather(-1, batch.topk_ids.clamp(min=0)), -torch.inf
+            batch.topk_ids >= 0, log_mu.gather(-1, batch.topk_ids.clamp(min=0)), -torch.inf
         )
         return batch
 
@@ -147,7 +152,8 @@ class Trainer:
         batch.old_logits = logits
         batch.old_logprob = torch.log_softmax(logits, -1).gather(-1, batch.tokens.unsqueeze(-1)).squeeze(-1)
         if self.config.engine == "none":
-            self.exact_engine_report(batch)
+            served = logits if self.config.staleness == 0 else self.served_logits().float()
+            self.exact_engine_report(batch, served)
         return step_lib.start_metrics(batch)
 
     @torch.no_grad()

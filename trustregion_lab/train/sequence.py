@@ -170,6 +170,10 @@ class SequenceTrainer(Trainer):
         """π_θ's logits [b, T, V] at the answer positions of the given rows (the fp32 full forward, with gradient)."""
         return self.policy(self.inputs[rows])[:, self.task.prompt_length - 1 :]
 
+    @torch.no_grad()
+    def served_logits(self) -> torch.Tensor:
+        return self.served(self.inputs)[:, self.task.prompt_length - 1 :]
+
     def eval_due(self) -> bool:
         every = self.config.eval_every
         return bool(every) and (self.step % every == 0 or self.step == 1)

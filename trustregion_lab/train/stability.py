@@ -67,7 +67,7 @@ STABILITY_SETTINGS: dict[str, Any] = {
     "pool_candidates": 2048,
     "pool_samples": 8,
     "eval_every": 10,
-    "eval_prompts": 128,
+    "eval_prompts": 256,
 }
 # the single-knob changes of phase C, as (label, fields changed)
 SEARCH_CELLS: tuple[tuple[str, dict[str, Any]], ...] = (

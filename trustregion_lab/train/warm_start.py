@@ -126,6 +126,7 @@ def warm_start_cached(
     full_key = {**key, "steps": steps, "lr": lr, "batch_size": batch_size, "noise": noise, "seed": seed}
     full_key["torch"] = torch.__version__
     full_key["architecture"] = ARCHITECTURE
+    full_key["threads"] = torch.get_num_threads()  # kernels sum in another order with another thread count
     digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_folder(cache_dir) / f"warm_start-{digest}.pt"
     if path.exists():
