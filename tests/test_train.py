@@ -299,10 +299,12 @@ def test_presets_compare_the_required_variants_with_and_without_mismatch():
     from trustregion_lab.train.presets import COMPARED_VARIANTS, PRESETS
 
     names = {p.name: p for p in PRESETS}
-    assert set(names) == {"bandit-train", "sequence-train"}
+    assert {"bandit-train", "sequence-train", "stability", "stability-quick", "stability-search"} <= set(
+        names
+    )
     required = {"ppo", "ppo_clip_higher", "pg_is", "dppo_binary_tv", "dppo_binary_kl", "dppo_topk_tv"}
     required |= {"dppo_exact_tv", "minirl"}
-    for preset in PRESETS:
+    for preset in (names["bandit-train"], names["sequence-train"]):
         assert required <= set(preset.grid["variant"]) == set(COMPARED_VARIANTS)
         assert "none" in preset.grid["engine"] and len(preset.grid["engine"]) >= 2
     config = dict(names["bandit-train"].defaults)
@@ -523,3 +525,19 @@ def test_exact_engine_with_staleness_reports_the_stale_weights_logprobs():
     stale = torch.log_softmax(trainer.served(trainer.contexts).double(), -1)
     want = stale.gather(-1, batch.tokens.long()).float()
     torch.testing.assert_close(batch.rollout_logprob, want, rtol=0, atol=1e-6)
+
+
+def test_stability_presets_hold_the_papers_arms_and_both_engines():
+    from trustregion_lab.train import stability
+    from trustregion_lab.train.presets import PRESETS
+
+    names = {p.name: p for p in PRESETS}
+    study = names["stability"]
+    assert set(study.grid["variant"]) >= {"pg_is", "cispo", "minirl", "dppo_binary_tv", "dppo_binary_kl"}
+    assert set(study.grid["engine"]) == {"model-bf16", "model-fp32"} and study.seeds >= 3
+    assert study.defaults["adv_norm"] == "mean" and study.defaults["num_minibatches"] == 4
+    assert 16 <= study.defaults["scratch_length"] + study.defaults["max_length"] + 1 <= 32
+    search = names["stability-search"]
+    for cell in search.grid["search_cell"]:  # every cell is a valid configuration
+        search.validate({**search.defaults, "search_cell": cell})
+    assert len(search.grid["search_cell"]) == len(stability.SEARCH_CELLS)

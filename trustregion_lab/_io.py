@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_csv",
     "atomic_write_text",
     "atomic_write_with",
+    "check_writable_folder",
     "remove_stale_temporaries",
 ]
 
@@ -108,3 +109,26 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
         for stale in folder.glob(f".*{TMP_SUFFIX}"):
             with contextlib.suppress(OSError):
                 stale.unlink()
+
+
+def check_writable_folder(path: str | os.PathLike, what: str) -> None:
+    """ValueError unless ``path`` is (or can be created as) a folder this process can write into.
+
+    The nearest existing folder on the way to ``path`` is probed by creating and removing a temporary file, so
+    permissions, read-only file systems and access rules are all seen as a real write would see them. ``what``
+    names the argument in the message (e.g. "--out").
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = f"{path} is a file" if probe == path else f"{path}: {probe} is a file"
+        raise ValueError(f"{what} {where}, expected a folder")
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".write-check.", suffix=TMP_SUFFIX)
+    except OSError as exc:
+        target = "" if probe == path else f" (it would be created in {probe})"
+        raise ValueError(f"{what} {path}{target}: cannot write there ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(name)

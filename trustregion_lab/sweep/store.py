@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 import trustregion_lab
+from trustregion_lab import _io
 from trustregion_lab._io import (
     TMP_SUFFIX,
     atomic_write_bytes,
@@ -109,25 +109,12 @@ def _writing(path: Path) -> Iterator[None]:
 
 
 def check_writable_folder(path: str | os.PathLike, option: str) -> None:
-    """Refuse (`StorageError`) a folder that is a file, lies under a file, or cannot be written or created.
-
-    The nearest existing folder on the way to ``path`` is probed by creating and removing a temporary file, so
-    permissions, read-only file systems and access rules are all seen as a real write would see them.
-    """
-    path = Path(path)
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        what = f"{path} is a file" if probe == path else f"{path}: {probe} is a file"
-        raise StorageError(f"{option} {what}, expected a folder")
+    """Refuse (`StorageError`) a folder that is a file, lies under a file, or cannot be written or created
+    (``trustregion_lab._io.check_writable_folder``)."""
     try:
-        fd, name = tempfile.mkstemp(dir=probe, prefix=".write-check.", suffix=TMP_SUFFIX)
-    except OSError as exc:
-        target = "" if probe == path else f" (it would be created in {probe})"
-        raise StorageError(f"{option} {path}{target}: cannot write there ({exc.strerror or exc})") from None
-    os.close(fd)
-    os.unlink(name)
+        _io.check_writable_folder(path, option)
+    except ValueError as exc:
+        raise StorageError(str(exc)) from None
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any] | None:

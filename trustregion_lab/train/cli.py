@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from trustregion_lab._io import atomic_write_csv
+from trustregion_lab._io import atomic_write_csv, check_writable_folder
 from trustregion_lab.train.base import CHECKPOINT_NAME
 from trustregion_lab.train.config import BanditConfig, SequenceConfig, TrainConfig
 
@@ -96,29 +95,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cls(**values)
 
 
-def _writable_folder(folder: Path, what: str) -> None:
-    """Raise ValueError unless ``folder`` exists as a writable folder or can be created."""
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"{what}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{what}: cannot write into {probe} (permission denied)")
-
-
 def check_output_paths(out: str, checkpoint_dir: str) -> None:
     """Refuse outputs that would fail only after training: --out a folder or unwritable, --checkpoint-dir a file."""
     if out:
         path = Path(out)
         if path.is_dir():
             raise ValueError(f"--out {out} is a folder; give a CSV file name such as {path / 'table.csv'}")
-        _writable_folder(path.parent if str(path.parent) else Path("."), f"--out {out}")
+        check_writable_folder(path.parent if str(path.parent) else Path("."), f"--out {out}")
     if checkpoint_dir:
         folder = Path(checkpoint_dir)
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"--checkpoint-dir {checkpoint_dir} is a file; give a folder")
-        _writable_folder(folder, f"--checkpoint-dir {checkpoint_dir}")
+        check_writable_folder(folder, "--checkpoint-dir")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = dataclasses.replace(config, checkpoint_every=1)  # a checkpoint folder means: checkpoint
         check_output_paths(args.out, args.checkpoint_dir)
         if args.export_tokens:
-            _writable_folder(Path(args.export_tokens), f"--export-tokens {args.export_tokens}")
+            check_writable_folder(Path(args.export_tokens), "--export-tokens")
         if args.command == "bandit":
             from trustregion_lab.train.bandit import BanditTrainer as trainer_cls
         else:
