@@ -21,6 +21,11 @@ B. the study (``stability``): the paper's arms × {model-bf16, model-fp32} × 3 
    by ``trustregion_lab.analysis.stability`` (drift, collapse, stable, reproduced as docs/design.md §7 defines).
    A first calibration run was void: the trainer then ignored ``scratch_length`` (a bug, since fixed), so it
    ran without the scratchpad (figures/stability/calibration/calibration_bug_no_scratchpad.csv).
+   Outcome (figures/stability/calibration/calibration.csv): ``reverse`` is infeasible with the scratchpad (its
+   warm start fails: sampled start reward 0.00, greedy 0.004, so 1 of 1,775 candidate prompts is in band and no
+   pool can be built); ``sort`` is not intermediate at any lr (31.5 % of steps at 1e-5, 12.5 % at 3e-5, 6 % at
+   1e-4; reward 0.62 → 0.90 over 200 steps at 1e-5), so by the rule the study runs ``sort`` at lr 1e-5, for
+   200 steps (the whole preset then fits in about an hour with two workers).
 C. the search (``stability-search``): PG-IS and DPPO Binary-TV with the bf16 engine, seed 0, at the study's
    setting and at each single-knob change of it: lr × 3, lr × 10, Adam ε = 1e-15, no gradient clipping, an fp16
    engine, one step of staleness, 2 epochs per rollout batch. Every cell is reported (``search.csv``); a cell
@@ -51,14 +56,14 @@ STABILITY_ARMS = (
 )
 LOW_PRECISION, MATCHED = "model-bf16", "model-fp32"
 STABILITY_SETTINGS: dict[str, Any] = {
-    "task": "reverse",
+    "task": "sort",
     "max_length": 12,
     "scratch_length": 8,
-    "steps": 250,
+    "steps": 200,
     "prompts_per_step": 16,
     "group_size": 8,
     "num_minibatches": 4,
-    "lr": 1e-4,
+    "lr": 1e-5,
     "adv_norm": "mean",
     "engine": LOW_PRECISION,
     "warm_start_steps": 600,
