@@ -18,8 +18,9 @@ lucky early step cannot set a maximum; the reward's window is longer, see r̃):
                counted back from the last step, final_reward = the mean reward of the last block and
                peak_reward = the largest block mean (block means, not running maxima of short windows, so that
                the 0.02 margin is not used up by noise)
-    mismatch_start = m̃ at step W;  mismatch_peak = max m̃;  drift_step = the first step of the first qualifying
-    stretch (NaN when none)
+    mismatch_start = m̃ at step W;  mismatch_peak = max m̃;  mismatch_end = m̃ at the last step;
+    drift_step = the first step of the first qualifying stretch (NaN when none); and, when the table has them,
+    the means over the run's steps of mask_frac, ratio_clip_frac, entropy and grad_norm_max (``*_mean``)
 A verdict per arm counts the seeds that drifted, collapsed and stayed stable; the paper's claim is *reproduced*
 when the no-trust-region arms (``pg_is``, ``cispo``, ``minirl``) both drift and collapse in ≥ 2 of 3 seeds with the
 low-precision engine, every DPPO arm is stable in every seed there, and the no-trust-region arms are stable in
@@ -62,10 +63,13 @@ SUMMARY_COLUMNS = (
     "final_reward",
     "mismatch_start",
     "mismatch_peak",
+    "mismatch_end",
     "collapse_step",
     "drift_step",
     "steps",
 )
+# descriptive means over a run's steps, added when the table has them: does the region bind at all?
+DESCRIPTIVE = ("mask_frac", "ratio_clip_frac", "entropy", "grad_norm_max")
 
 
 def _first_stretch(flags: np.ndarray, length: int) -> int:
@@ -105,6 +109,7 @@ def run_stability(
     blocks = _block_means(np.asarray(reward, np.float64), BLOCK)
     out: dict = {"steps": n, "peak_reward": float(blocks.max()), "final_reward": float(blocks[-1])}
     out["mismatch_start"] = float(m_med[0])
+    out["mismatch_end"] = float(m_med[-1])
     out["mismatch_peak"] = float(np.nanmax(m_med)) if np.isfinite(m_med).any() else np.nan
     running_min = np.fmin.accumulate(m_med)
     # a mismatch that is exactly 0 (an exact engine) never drifts: 0 ≥ 2 · 0 is not a doubling
@@ -152,8 +157,10 @@ def stability_summary(
             run["mismatch_mean"].to_numpy(np.float64),
             evals.to_numpy(np.float64),
         )
-        rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), **stats})
-    return pd.DataFrame(rows, columns=[*keys, *SUMMARY_COLUMNS])
+        extra = {f"{c}_mean": float(run[c].mean()) for c in DESCRIPTIVE if c in run}
+        rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), **stats, **extra})
+    extras = [f"{c}_mean" for c in DESCRIPTIVE if c in table.columns]
+    return pd.DataFrame(rows, columns=[*keys, *SUMMARY_COLUMNS, *extras])
 
 
 def stability_verdict(summary: pd.DataFrame, low_precision: str, matched: str) -> pd.DataFrame:
@@ -196,4 +203,6 @@ def stability_verdict(summary: pd.DataFrame, low_precision: str, matched: str) -
     }
     claims["reproduced"] = all(claims.values())
     claim_rows = pd.DataFrame({"variant": [f"claim: {k}" for k in claims], "holds": list(claims.values())})
-    return pd.concat([counts, claim_rows], ignore_index=True)
+    out = pd.concat([counts, claim_rows], ignore_index=True)
+    count_columns = ["seeds", "drifted", "collapsed", "drifted_and_collapsed", "stable"]
+    return out.astype({c: "Int64" for c in count_columns})  # counts stay integers beside the claim rows
