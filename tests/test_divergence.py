@@ -114,7 +114,13 @@ def test_every_divergence_matches_float64_reference(seed, v, family, move, dtype
     # bucket (LOG_MASS_FLOOR) and must return a finite value instead
     got, want = D.binary_kl(lmu_a, lpi_a), ref.binary_kl(lmu_a, lpi_a)
     assert np.isfinite(got).all() and (got >= 0).all()
-    np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], **tb)
+    # a rest mass 1 − p below the log-probs' resolution (eps of their dtype) is unknown beyond "< eps": the package
+    # floors it there, so those tokens only need the input's own precision (1e-5 absolute in float32)
+    eps = np.finfo(dtype).eps
+    resolved = np.isfinite(want) & (-lmu_a.astype(np.float64) > eps) & (-lpi_a.astype(np.float64) > eps)
+    np.testing.assert_allclose(got[resolved], want[resolved], **tb)
+    unresolved = np.isfinite(want) & ~resolved
+    assert (np.abs(got[unresolved] - want[unresolved]) <= (1e-5 if dtype != np.float64 else 1e-12)).all()
 
     k = min(v, 4)
     ids = topk_set(lmu, a, k)
