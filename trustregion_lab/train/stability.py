@@ -151,7 +151,14 @@ STUDIES: tuple[Study, ...] = (
         "stability-quick",
         "A 5-minute look at the stability study: PG-IS, clip-higher and DPPO Binary-TV with the bf16 model engine, "
         "one seed, 40 steps of smaller batches.",
-        {**STABILITY_SETTINGS, "steps": 40, "prompts_per_step": 8, "pool_candidates": 512, "prompt_pool": 64},
+        {
+            **STABILITY_SETTINGS,
+            "steps": 40,
+            "prompts_per_step": 8,
+            "pool_candidates": 512,
+            "prompt_pool": 64,
+            "eval_prompts": 64,
+        },
         {"variant": ["pg_is", "ppo_clip_higher", "dppo_binary_tv"]},
         1,
     ),
