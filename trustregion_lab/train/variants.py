@@ -12,14 +12,15 @@ Thresholds follow the paper and its code (docs/design.md §6): PPO/GRPO ε = 0.2
 paper's Fig. 3 arms).
 
 What frameworks ship (read from their sources):
-- ``verl_dppo_tv``: verl's ``dppo_tv`` policy loss (verl-project/verl 1dda039,
+- ``verl_dppo_tv``: verl's ``dppo_tv`` policy loss (verl-project/verl 1dda039b9c63,
   verl/trainer/ppo/core_algos.py): Binary-TV mask and ratio against ``old_log_probs`` (the recomputed π_old by
   default), δ = the PPO clip ratios (0.2 by default), ratio clamped at ``clip_ratio_c`` = 3.0 (the actor
   config's default, verl/workers/config/actor.py).
-- ``prime_rl``: prime-rl's default loss (PrimeIntellect-ai/prime-rl, src/prime_rl/trainer/rl/loss.py): Binary-TV
+- ``prime_rl``: prime-rl's default loss (PrimeIntellect-ai/prime-rl 559b447, src/prime_rl/trainer/rl/loss.py): Binary-TV
   mask against the inference log-probs μ with δ = 0.2 on both sides (``dppo_mask_low/high``), no cap, plus
   ``kl_tau`` = 1e-3 times (log π − log μ)² on every trainable token.
-- ``minirl_tis``: the truncated-IS cap 2 is verl's ``rollout_is_threshold`` default (TIS).
+- ``minirl_tis``: the truncated-IS cap 2 is verl's ``rollout_is_threshold`` default (TIS; same verl commit,
+  verl/trainer/config/algorithm.py).
 """
 
 from __future__ import annotations
