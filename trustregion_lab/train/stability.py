@@ -4,8 +4,8 @@ The paper's Fig. 3 sanity test trains on prompts solved 20–80 % of the time at
 engine, 4 gradient steps per rollout batch and Dr.GRPO advantages, and finds that the arms without a trust
 region (PG-IS, CISPO, MiniRL) let the mismatch mean |π − μ| grow and collapse while DPPO stays stable. The toy
 version: the warm-started transformer on a fixed prompt pool at intermediate success (``prompt_pool``), answers
-of up to 21 tokens (a scratchpad of 8 free tokens the verifier never reads, then up to 12 verified symbols and
-EOS; the task and learning rate are chosen by the calibration below),
+of 10–21 tokens (a scratchpad of 8 free tokens the verifier never reads, then 1–12 verified symbols and EOS; 16
+tokens on average over the pool's prompts; the task and learning rate are chosen by the calibration below),
 the rollout engine a second implementation of the same model in bf16 (``engine="model-bf16"``: the mismatch
 depends on the weights) or in fp32 (``"model-fp32"``, which differs from the trainer only by its decode path:
 the matched engine), Dr.GRPO advantages (``adv_norm="mean"``), 4 mini-batches per rollout batch.
