@@ -261,6 +261,17 @@ def _mask_inputs(
     return MaskInputs(lp, alp, t["topk_ids"], anchor_topk, t["logits"], t["old_logits"], anchor_name="old")
 
 
+def _critical(
+    conv: Converter, method: str, *inputs: ArrayLike | None
+) -> tuple[MaskInputs, torch.Tensor, torch.Tensor]:
+    """Validate the inputs (``_mask_inputs`` order) for ``method``; return them and the critical thresholds."""
+    entry = METHODS[check_method(method)]
+    conv.adopt_device(*inputs[2:])
+    x = _mask_inputs(conv, entry, *inputs)
+    up, down = entry.critical(x)
+    return x, up, down
+
+
 def critical_thresholds(
     method: str,
     *,
@@ -278,13 +289,10 @@ def critical_thresholds(
     A token is outside the region on the up side iff c_up > high, on the down side iff c_down > low. Arguments
     as in ``trust_region_mask``.
     """
-    method = check_method(method)
     conv = Converter()
-    conv.adopt_device(topk_ids, rollout_topk_logprobs, logits, rollout_logits, old_logprob, old_logits)
-    entry = METHODS[method]
-    x = _mask_inputs(
+    _, up, down = _critical(
         conv,
-        entry,
+        method,
         logprob,
         rollout_logprob,
         topk_ids,
@@ -294,7 +302,6 @@ def critical_thresholds(
         old_logprob,
         old_logits,
     )
-    up, down = entry.critical(x)
     return conv.out_raw(up), conv.out_raw(down)
 
 
@@ -339,15 +346,12 @@ def trust_region_mask(
     the exact methods (logits also for Top-K); old_logprob `[...]` (and old_logits `[..., vocab]` for Top-K and
     exact) moves the anchor to the recomputed π_old; response_mask bool `[...]`.
     """
-    method = check_method(method)
     low = check_threshold("low", low)
     high = check_threshold("high", high)
     conv = Converter()
-    conv.adopt_device(topk_ids, rollout_topk_logprobs, logits, rollout_logits, old_logprob, old_logits)
-    entry = METHODS[method]
-    x = _mask_inputs(
+    x, up, down = _critical(
         conv,
-        entry,
+        method,
         logprob,
         rollout_logprob,
         topk_ids,
@@ -358,7 +362,6 @@ def trust_region_mask(
         old_logits,
     )
     adv = broadcast_advantages(conv.place(conv.tensor(advantages, "advantages")), x.logprob.shape)
-    up, down = entry.critical(x)
     drop = ((adv > 0) & (up > high)) | ((adv < 0) & (down > low))
     if response_mask is not None:
         valid = conv.place(conv.tensor(response_mask, "response_mask", kind="bool"))
