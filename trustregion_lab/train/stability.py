@@ -30,6 +30,11 @@ C. the search (``stability-search``): PG-IS and DPPO Binary-TV with the bf16 eng
    setting and at each single-knob change of it: lr × 3, lr × 10, Adam ε = 1e-15, no gradient clipping, an fp16
    engine, one step of staleness, 2 epochs per rollout batch. Every cell is reported (``search.csv``); a cell
    in which PG-IS drifts or collapses is rerun as phase B at that setting.
+D. long answers (``stability-long``), added after B and C found no effect, fixed before its first run: phase B
+   with one change, answers of 16–32 tokens (prompts of 7–23 symbols: 8 scratchpad tokens, 7–23 sorted symbols,
+   EOS), for the arms the verdict's claims name (PG-IS, CISPO, MiniRL; DPPO Binary-TV/-KL) × both engines × 3
+   seeds, scored with the same definitions. Everything else (lr 1e-5, 200 steps, the pool at 20–80 % success)
+   is phase B's; no calibration is rerun, because a pool built at 20–80 % starts intermediate by construction.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from typing import Any
 import pandas as pd
 
 from trustregion_lab import plots
-from trustregion_lab.analysis.stability import stability_summary, stability_verdict
+from trustregion_lab.analysis.stability import DPPO_ARMS, NO_REGION_ARMS, stability_summary, stability_verdict
 
 __all__ = ["STABILITY_ARMS", "STABILITY_SETTINGS", "STUDIES", "Study", "search_figures", "stability_figures"]
 
@@ -161,6 +166,14 @@ STUDIES: tuple[Study, ...] = (
         },
         {"variant": ["pg_is", "ppo_clip_higher", "dppo_binary_tv"]},
         1,
+    ),
+    Study(
+        "stability-long",
+        "Phase D of the stability protocol: the study with answers of 16–32 tokens (prompts of 7–23 symbols) for "
+        "PG-IS, CISPO, MiniRL and DPPO Binary-TV/-KL × both engines × 3 seeds.",
+        {**STABILITY_SETTINGS, "min_length": 7, "max_length": 23},
+        {"variant": [*NO_REGION_ARMS, *DPPO_ARMS], "engine": [LOW_PRECISION, MATCHED]},
+        3,
     ),
     Study(
         "stability-calibration",
