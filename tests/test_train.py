@@ -302,6 +302,7 @@ def test_presets_compare_the_required_variants_with_and_without_mismatch():
     assert {"bandit-train", "sequence-train", "stability", "stability-quick", "stability-search"} <= set(
         names
     )
+    assert "stability-long" in names
     required = {"ppo", "ppo_clip_higher", "pg_is", "dppo_binary_tv", "dppo_binary_kl", "dppo_topk_tv"}
     required |= {"dppo_exact_tv", "minirl"}
     for preset in (names["bandit-train"], names["sequence-train"]):
@@ -541,3 +542,11 @@ def test_stability_presets_hold_the_papers_arms_and_both_engines():
     for cell in search.grid["search_cell"]:  # every cell is a valid configuration
         search.validate({**search.defaults, "search_cell": cell})
     assert len(search.grid["search_cell"]) == len(stability.SEARCH_CELLS)
+    long = names["stability-long"]  # phase D: answers of 16–32 tokens, the verdict's arms, both engines
+    assert set(long.grid["variant"]) == {"pg_is", "cispo", "minirl", "dppo_binary_tv", "dppo_binary_kl"}
+    assert set(long.grid["engine"]) == {"model-bf16", "model-fp32"} and long.seeds >= 3
+    lengths = [long.defaults["scratch_length"] + long.defaults[k] + 1 for k in ("min_length", "max_length")]
+    assert lengths == [16, 32]
+    assert {k: v for k, v in long.defaults.items() if k not in ("min_length", "max_length")} == {
+        k: v for k, v in study.defaults.items() if k not in ("min_length", "max_length")
+    }
