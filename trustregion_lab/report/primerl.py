@@ -21,7 +21,6 @@ response tokens. Errors name the file, the line and, for per-record problems, th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from trustregion_lab.report.schema import ReportInputError, TokenChunk
-from trustregion_lab.report.table import build_chunk
+from trustregion_lab.report.table import build_chunk, json_lines
 
 __all__ = ["PRIME_RL_FIELDS", "find_prime_rl_files", "iter_prime_rl"]
 
@@ -151,23 +150,13 @@ def iter_prime_rl(
     """
     batch = _Batch()
     sequence = first_sequence
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if advance is not None:
-                advance(len(raw))
-            if not raw.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(raw)
-            except ValueError as err:
-                raise ReportInputError(f"{where}: not valid JSON ({err.args[0].split(':')[0]})") from None
-            columns = _record_columns(record, where, sequence)
-            sequence += 1
-            if columns is not None:
-                batch.add(columns, line_no)
-            if batch.size >= batch_tokens:
-                yield batch.chunk(path)
-                batch = _Batch()
+    for line_no, record in json_lines(path, advance):
+        columns = _record_columns(record, f"{path}:{line_no}", sequence)
+        sequence += 1
+        if columns is not None:
+            batch.add(columns, line_no)
+        if batch.size >= batch_tokens:
+            yield batch.chunk(path)
+            batch = _Batch()
     if batch.size:
         yield batch.chunk(path)

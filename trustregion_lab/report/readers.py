@@ -23,7 +23,7 @@ from trustregion_lab.report.schema import (
     ReportInputError,
     TokenChunk,
 )
-from trustregion_lab.report.table import build_chunk
+from trustregion_lab.report.table import build_chunk, json_lines
 
 __all__ = ["iter_csv", "iter_jsonl", "iter_parquet", "parquet_rows", "table_source_name"]
 
@@ -98,28 +98,17 @@ def iter_jsonl(
         line_of = np.asarray(lines)
         return build_chunk(columns, str(path), locate=lambda i: f"{path}:{int(line_of[i])}")
 
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if advance is not None:
-                advance(len(raw))
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except ValueError as err:
-                raise ReportInputError(
-                    f"{path}:{line_no}: not valid JSON ({err.args[0].split(':')[0]})"
-                ) from None
-            if not isinstance(row, dict):
-                raise ReportInputError(f"{path}:{line_no}: each line must be a JSON object")
-            for name in REQUIRED_COLUMNS:
-                if name not in row:
-                    raise ReportInputError(f"{path}:{line_no}: missing field {name!r}")
-            rows.append(row)
-            lines.append(line_no)
-            if len(rows) >= batch_rows:
-                yield flush()
-                rows, lines = [], []
+    for line_no, row in json_lines(path, advance):
+        if not isinstance(row, dict):
+            raise ReportInputError(f"{path}:{line_no}: each line must be a JSON object")
+        for name in REQUIRED_COLUMNS:
+            if name not in row:
+                raise ReportInputError(f"{path}:{line_no}: missing field {name!r}")
+        rows.append(row)
+        lines.append(line_no)
+        if len(rows) >= batch_rows:
+            yield flush()
+            rows, lines = [], []
     if rows:
         yield flush()
 

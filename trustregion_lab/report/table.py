@@ -11,8 +11,9 @@ it, so validation (missing columns, nulls in integer columns, log-probs above 0)
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,37 @@ from trustregion_lab.report.schema import (
     pad_lists,
 )
 
-__all__ = ["build_chunk", "read_token_table", "to_arrow", "token_table_path", "write_token_table"]
+__all__ = [
+    "build_chunk",
+    "json_lines",
+    "read_token_table",
+    "to_arrow",
+    "token_table_path",
+    "write_token_table",
+]
 
-ROW_GROUP_ROWS = 1 << 18
-TOPK_MASS_TOLERANCE = 1e-2  # reported top-K probabilities may sum above 1 by low-precision rounding  # rows per Parquet row group: the unit a reader streams
+ROW_GROUP_ROWS = 1 << 18  # rows per Parquet row group: the unit a reader streams
+TOPK_MASS_TOLERANCE = 1e-2  # reported top-K probabilities may sum above 1 by low-precision rounding
 _CHUNK_OPTIONAL = ("old_logprob", "entropy", "reward", "tv_exact", "kl_exact")
+
+
+def json_lines(path: Path, advance: Callable[[int], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a JSONL file; `advance(n_bytes)` reports progress.
+
+    A line that is not JSON raises ReportInputError naming ``path:line``.
+    """
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if advance is not None:
+                advance(len(raw))
+            if not raw.strip():
+                continue
+            try:
+                yield line_no, json.loads(raw)
+            except ValueError as err:
+                raise ReportInputError(
+                    f"{path}:{line_no}: not valid JSON ({err.args[0].split(':')[0]})"
+                ) from None
 
 
 def token_table_path(folder: str | os.PathLike, step: int) -> Path:
