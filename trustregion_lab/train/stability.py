@@ -35,6 +35,7 @@ D. long answers (``stability-long``), added after B and C found no effect, fixed
    EOS), for the arms the verdict's claims name (PG-IS, CISPO, MiniRL; DPPO Binary-TV/-KL) × both engines × 3
    seeds, scored with the same definitions. Everything else (lr 1e-5, 200 steps, the pool at 20–80 % success)
    is phase B's; no calibration is rerun, because a pool built at 20–80 % starts intermediate by construction.
+   Outcome (figures/stability/long/): all 30 runs stable, none drifted or collapsed, with either engine.
 """
 
 from __future__ import annotations
