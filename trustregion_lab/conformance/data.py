@@ -2,5 +2,6 @@
 
 from pathlib import Path
 
-VERSION = 1
+VERSION = 2
 DATA_FILE = Path(__file__).with_name(f"cases_v{VERSION}.json")
+V1_FILE = Path(__file__).with_name("cases_v1.json")  # the previous version, still readable by load_cases

@@ -1,21 +1,15 @@
 """Generate the conformance cases (``cases_v<N>.json``) with an independent float64 numpy/scipy reference.
 
 ``python -m trustregion_lab.conformance.generate [--out PATH] [--check]`` writes the data file (default: the one
-shipped next to this module) or, with --check, verifies that the shipped file equals a regeneration. This module
-does not import the project's numerics: the expected values are the definitions of docs/design.md §2 written
-out directly, with μ = rollout, π = trainer, a = the sampled token:
-    Binary:  TV = |π(a) − μ(a)|;  KL = μ(a) log(μ(a)/π(a)) + (1 − μ(a)) log((1 − μ(a))/(1 − π(a)))
-    Top-K:   S = reported ids, rest = 1 − Σ_S;  TV = ½ (Σ_S |μ_v − π_v| + |μ_rest − π_rest|),
-             KL = Σ_S μ_v log(μ_v/π_v) + μ_rest log(μ_rest/π_rest)  (a term with zero mass is 0)
-    Exact:   TV = ½ Σ_v |μ_v − π_v|;  KL = Σ_v μ_v log(μ_v/π_v)
-    Masks:   ppo drops (Â > 0, r > 1 + high) or (Â < 0, r < 1 − low); ppo_relaxed the same, except tokens with
-             μ(a) < 0.1 (the paper's §6, α = 0.1), which it never drops; dppo_binary_tv drops (Â > 0, π − μ > high)
-             or (Â < 0, π − μ < −low); the other DPPO methods drop (Â > 0, D > high, π(a) > μ(a)) or
-             (Â < 0, D > low, π(a) < μ(a)); none keeps all; padded and Â = 0 tokens are kept. With old_logprob
-             (the recompute anchor) π_old replaces μ in the rule.
-1 − p is computed as −expm1(log p) and log(1 − p) as log(−expm1(log p)) (or log1p(−p) for small p). Every
-case is checked for ties: no critical value lies within 1e-7 (relative) of a threshold, so an implementation
-in float32 decides every token the same way.
+shipped next to this module) or, with --check, verifies that the file equals a regeneration. The expected values
+are the definitions of `trustregion_lab.conformance.reference` (docs/design.md §2 written out in numpy; the
+project's own numerics are not imported). The methods checked are those of the mask registry
+(`trustregion_lab.masks.METHODS`, read through its fields: rule, divergence family, needs, min_anchor_prob) and
+the framework rules of `reference.FRAMEWORK_RULES`; adding a method to the registry adds its decisions here.
+Thresholds: the ratio rule at (0.2, 0.2) and (0.2, 0.28), TV estimates at (0.15, 0.15) and (0.1, 0.25), KL
+estimates at (0.05, 0.05) and (0.02, 0.08); a framework rule at its own pairs. Every case is drawn again
+(seed + 1000 n) until no deciding statistic lies within 1e-7 (relative) of its bound, so an implementation in
+float32 decides every token the same way. The output is deterministic: the same file on every run.
 """
 
 from __future__ import annotations
@@ -28,93 +22,36 @@ from pathlib import Path
 import numpy as np
 from scipy.special import log_softmax, logsumexp
 
+from trustregion_lab.conformance import reference as ref
 from trustregion_lab.conformance.data import DATA_FILE, VERSION
 
-MASKS: tuple[tuple[str, float, float], ...] = (
-    ("ppo", 0.2, 0.2),
-    ("ppo", 0.2, 0.28),
-    ("ppo_relaxed", 0.2, 0.2),
-    ("dppo_binary_tv", 0.15, 0.15),
-    ("dppo_binary_tv", 0.1, 0.25),
-    ("dppo_binary_kl", 0.05, 0.05),
-    ("dppo_binary_kl", 0.02, 0.08),
-    ("dppo_topk_tv", 0.15, 0.15),
-    ("dppo_topk_kl", 0.05, 0.05),
-    ("dppo_exact_tv", 0.15, 0.15),
-    ("dppo_exact_kl", 0.05, 0.05),
-    ("none", 0.0, 0.0),
-)
-RELAXED_BELOW = 0.1  # ppo_relaxed: tokens whose anchor probability is below this are never clipped (paper §6)
-TIE_MARGIN = 1e-7
+TIE_MARGIN = ref.TIE_MARGIN
+THRESHOLDS = {
+    "ratio": ((0.2, 0.2), (0.2, 0.28)),
+    "tv": ((0.15, 0.15), (0.1, 0.25)),
+    "kl": ((0.05, 0.05), (0.02, 0.08)),
+    "none": ((0.0, 0.0),),
+}
 
 
-def _log1mexp(x: np.ndarray) -> np.ndarray:
-    """log(1 − eˣ), x ≤ 0 (−inf at 0)."""
-    x = np.asarray(x, np.float64)
-    with np.errstate(divide="ignore"):
-        return np.where(x > -np.log(2.0), np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
+def method_table() -> list[tuple[str, float, float, dict]]:
+    """(method, low, high, params) of every expectation a case holds (rollout anchor)."""
+    table = []
+    for name, fields in ref.registry_rules().items():
+        key = fields["rule"] if fields["rule"] != "divergence" else fields["divergence"]
+        table += [(name, low, high, {}) for low, high in THRESHOLDS[key]]
+    for name, rule in ref.FRAMEWORK_RULES.items():
+        table += [(name, low, high, dict(rule.params)) for low, high in rule.thresholds]
+    return table
 
 
-def _xlogy_ratio(p: np.ndarray, log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
-    """p (log p − log q), 0 where p = 0."""
-    with np.errstate(invalid="ignore"):
-        return np.where(p > 0, p * (log_p - log_q), 0.0)
-
-
-def binary(lmu: np.ndarray, lpi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Binary TV and KL `[...]`."""
-    mu, pi = np.exp(lmu), np.exp(lpi)
-    tv = np.abs(pi - mu)
-    lmu_rest, lpi_rest = _log1mexp(lmu), _log1mexp(lpi)
-    kl = _xlogy_ratio(mu, lmu, lpi) + _xlogy_ratio(np.exp(lmu_rest), lmu_rest, lpi_rest)
-    return tv, kl
-
-
-def topk(lmu_set: np.ndarray, lpi_set: np.ndarray, lpi_rest: np.ndarray, full: np.ndarray) -> tuple:
-    """Top-K TV, KL `[...]` from log-probs at the set `[..., K]` (−inf = unused slot), π's exact rest mass."""
-    mu_set, pi_set = np.exp(lmu_set), np.exp(lpi_set)
-    lmu_rest = np.where(full, -np.inf, _log1mexp(np.minimum(logsumexp(lmu_set, axis=-1), 0.0)))
-    lpi_rest = np.where(full, -np.inf, lpi_rest)
-    mu_rest, pi_rest = np.exp(lmu_rest), np.exp(lpi_rest)
-    tv = 0.5 * (np.abs(mu_set - pi_set).sum(-1) + np.abs(mu_rest - pi_rest))
-    kl = _xlogy_ratio(mu_set, lmu_set, lpi_set).sum(-1) + _xlogy_ratio(mu_rest, lmu_rest, lpi_rest)
-    return tv, kl
-
-
-def exact(rollout_logits: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lmu, lpi = log_softmax(rollout_logits, axis=-1), log_softmax(logits, axis=-1)
-    return 0.5 * np.abs(np.exp(lmu) - np.exp(lpi)).sum(-1), (np.exp(lmu) * (lmu - lpi)).sum(-1)
-
-
-def critical(method: str, anchor: np.ndarray, lpi: np.ndarray, adv: np.ndarray, d: np.ndarray | None):
-    """Per-token critical value c (drop iff c > the threshold of the token's side); −inf = never dropped."""
-    if method == "none":
-        return np.full(lpi.shape, -np.inf)
-    if method in ("ppo", "ppo_relaxed"):
-        r = np.exp(lpi - anchor)
-        c = np.where(adv > 0, r - 1.0, 1.0 - r)
-        if method == "ppo_relaxed":
-            c = np.where(np.exp(anchor) < RELAXED_BELOW, -np.inf, c)
-    else:
-        outward = ((adv > 0) & (lpi > anchor)) | ((adv < 0) & (lpi < anchor))
-        c = np.where(outward, d, -np.inf)
-    return np.where(adv == 0, -np.inf, c)
-
-
-def keep_mask(c: np.ndarray, adv: np.ndarray, mask: np.ndarray, low: float, high: float) -> np.ndarray:
-    threshold = np.where(adv > 0, high, low)
-    return ~((c > threshold) & mask)
-
-
-def _tie_free(c: np.ndarray, adv: np.ndarray, mask: np.ndarray, low: float, high: float) -> bool:
-    threshold = np.where(adv > 0, high, low)
-    live = mask & np.isfinite(c) & (adv != 0)
-    return not np.any(
-        np.abs(c[live] - threshold[live]) <= TIE_MARGIN * np.maximum(1.0, np.abs(threshold[live]))
-    )
-
-
-# ------------------------------------------------------------------------------------------ case builders
+def _recompute_ok(method: str) -> bool:
+    """Whether a method's recompute-anchored decisions can be derived from sampled-token log-probs alone."""
+    registry = ref.registry_rules()
+    if method in registry:
+        estimate = ref.registry_estimate(registry[method])
+        return estimate is None or estimate.startswith("binary_")
+    return ref.FRAMEWORK_RULES[method].kind == "anchored"
 
 
 def _topk_sets(lmu_full: np.ndarray, token: np.ndarray, k: int, rule: str) -> np.ndarray:
@@ -138,77 +75,58 @@ def _case(
     safe = np.where(used, ids, 0)
     lmu_set = np.where(used, np.take_along_axis(lmu_full, safe, -1), -np.inf)
     lpi_set = np.where(used, np.take_along_axis(lpi_full, safe, -1), -np.inf)
-    in_set = (np.arange(lpi_full.shape[-1]) == ids[..., :, None]).any(-2)  # [B, T, V]; −1 matches no id
-    lpi_rest = logsumexp(np.where(in_set, -np.inf, lpi_full), axis=-1)
-    full = in_set.all(-1)
-    d = {}
-    d["binary_tv"], d["binary_kl"] = binary(lmu, lpi)
-    d["topk_tv"], d["topk_kl"] = topk(lmu_set, lpi_set, lpi_rest, full)
-    d["tv"], d["kl"] = exact(rollout_logits, logits)
-    estimate = {
-        "dppo_binary_tv": d["binary_tv"],
-        "dppo_binary_kl": d["binary_kl"],
-        "dppo_topk_tv": d["topk_tv"],
-        "dppo_topk_kl": d["topk_kl"],
-        "dppo_exact_tv": d["tv"],
-        "dppo_exact_kl": d["kl"],
-        "ppo": None,
-        "ppo_relaxed": None,
-        "none": None,
+    inputs = {
+        "token": token,
+        "rollout_logprob": lmu,
+        "logprob": lpi,
+        "advantages": adv,
+        "response_mask": mask,
+        "topk_ids": ids,
+        "rollout_topk_logprobs": np.where(used, lmu_set, 0.0),
+        "topk_logprobs": np.where(used, lpi_set, 0.0),
+        "rollout_logits": rollout_logits,
+        "logits": logits,
     }
-    expectations = []
-    ties = False
-    anchors = [("rollout", lmu, estimate)]
-    old = None
+    d = ref.divergences(inputs)
+    anchors = [("rollout", lmu, d)]
     if old_logits is not None:
         old = np.take_along_axis(log_softmax(old_logits, -1), token[..., None], -1)[..., 0]
-        b_tv, b_kl = binary(old, lpi)
-        anchors.append(
-            (
-                "recompute",
-                old,
-                {
-                    "dppo_binary_tv": b_tv,
-                    "dppo_binary_kl": b_kl,
-                    "ppo": None,
-                    "ppo_relaxed": None,
-                    "none": None,
-                },
-            )
-        )
+        inputs["old_logprob"] = old
+        b_tv, b_kl = ref.binary(old, lpi)
+        anchors.append(("recompute", old, {"binary_tv": b_tv, "binary_kl": b_kl}))
+    expectations = []
+    ties = False
     for anchor_name, anchor_lp, estimates in anchors:
-        for method, low, high in MASKS:
-            if method not in estimates:
+        for method, low, high, params in method_table():
+            if anchor_name == "recompute" and not _recompute_ok(method):
                 continue
-            c = critical(method, anchor_lp, lpi, adv, estimates[method])
-            ties |= not _tie_free(c, adv, mask, low, high)
-            if method == "ppo_relaxed":  # the anchor probability must not sit on α either
-                ties |= bool(np.any(np.abs(np.exp(anchor_lp) - RELAXED_BELOW) <= TIE_MARGIN))
-            keep = keep_mask(c, adv, mask, low, high)
-            expectations.append(
-                {"method": method, "low": low, "high": high, "anchor": anchor_name, "keep": keep.tolist()}
+            keep, tie = ref.keep_decisions(
+                method,
+                anchor=anchor_lp,
+                lpi=lpi,
+                adv=adv,
+                mask=mask,
+                low=low,
+                high=high,
+                params=params,
+                estimates=estimates,
             )
-    inputs = {
-        "token": token.tolist(),
-        "rollout_logprob": lmu.tolist(),
-        "logprob": lpi.tolist(),
-        "advantages": adv.tolist(),
-        "response_mask": mask.tolist(),
-        "topk_ids": ids.tolist(),
-        "rollout_topk_logprobs": np.where(used, lmu_set, 0.0).tolist(),
-        "topk_logprobs": np.where(used, lpi_set, 0.0).tolist(),
-        "rollout_logits": rollout_logits.tolist(),
-        "logits": logits.tolist(),
-    }
-    if old is not None:
-        inputs["old_logprob"] = old.tolist()
+            ties |= tie
+            entry = {"method": method, "low": low, "high": high, "anchor": anchor_name}
+            expectations.append({**entry, "params": params, "keep": keep.tolist()})
+    weights = [
+        {"kind": kind, "cap": cap, "value": ref.weights(kind, lmu, lpi, mask, cap).tolist()}
+        for kind in ref.WEIGHTS
+        for cap in ref.WEIGHT_CAPS
+    ]
     return {
         "name": name,
         "description": description,
         "set_rule": rule,
-        "inputs": inputs,
+        "inputs": {key: np.asarray(value).tolist() for key, value in inputs.items()},
         "expected": {key: value.tolist() for key, value in d.items()},
         "masks": expectations,
+        "weights": weights,
         "_ties": ties,
     }
 
@@ -240,6 +158,25 @@ def _random(b: int, t: int, v: int, scale: float, move: float, k: int, rule: str
     return build
 
 
+def _sequences(moves: np.ndarray, t: int, v: int, scale: float, k: int):
+    """Rows = sequences with their own logit move and one advantage each (GRPO-like), right padding."""
+
+    def build(rng: np.random.Generator):
+        b = len(moves)
+        rollout = rng.normal(0.0, scale, (b, t, v))
+        logits = rollout + rng.normal(0.0, 1.0, (b, t, v)) * moves[:, None, None]
+        token = np.array(
+            [[rng.choice(v, p=np.exp(log_softmax(rollout[i, j]))) for j in range(t)] for i in range(b)]
+        )
+        adv = np.repeat(np.resize([-1.0, 1.0, -0.5, -1.0, -1.0, 0.5, -1.0, 0.0], b)[:, None], t, axis=1)
+        pad = rng.integers(0, t // 2 + 1, b)
+        pad[0] = 0
+        mask = np.arange(t)[None, :] < (t - pad)[:, None]
+        return rollout, logits, token, adv, mask, k, "topk", None
+
+    return build
+
+
 def _pinned(target_lmu: np.ndarray, shift: np.ndarray, v: int, k: int, rule: str, adv: np.ndarray):
     """Logits where the sampled token 0 has log μ = target and π's logit for it is moved by `shift`."""
 
@@ -248,7 +185,7 @@ def _pinned(target_lmu: np.ndarray, shift: np.ndarray, v: int, k: int, rule: str
         others = rng.normal(0.0, 1.0, (b, t, v - 1))
         rest = logsumexp(others, axis=-1)
         # choose the sampled token's logit x so that x − logsumexp([x, others]) = target
-        x = target_lmu - _log1mexp(target_lmu) + rest
+        x = target_lmu - ref._log1mexp(target_lmu) + rest
         rollout = np.concatenate([x[..., None], others], -1)
         logits = rollout.copy()
         logits[..., 0] += shift
@@ -336,9 +273,15 @@ def build_cases() -> dict:
         ),
         _tie_free_case(
             "recompute_anchor",
-            "old_logprob given: ppo and binary masks anchored on π_old",
+            "old_logprob given: ratio, dual-clip and Binary masks anchored on π_old",
             _random(3, 10, 16, 2.0, 0.4, 4, "topk", old=True),
             20,
+        ),
+        _tie_free_case(
+            "near_on_policy",
+            "one advantage per sequence, per-sequence moves from 0.005 to 0.3: sequence rules on both sides",
+            _sequences(np.array([0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.01]), 16, 16, 2.0, 4),
+            21,
         ),
     ]
     return {
@@ -365,12 +308,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = dumps(build_cases())
     if args.check:
-        same = args.out.exists() and args.out.read_text() == text
+        try:
+            same = args.out.read_text() == text
+        except OSError as exc:
+            print(f"error: --out {args.out}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
+            return 2
+        except UnicodeDecodeError:
+            same = False
         print(f"{args.out}: {'up to date' if same else 'differs from a regeneration'}")
         return 0 if same else 1
-    from trustregion_lab._io import atomic_write_text
+    from trustregion_lab._io import atomic_write_text, check_writable_folder
 
-    atomic_write_text(args.out, text)
+    if args.out.is_dir():
+        print(f"error: --out {args.out} is a folder, expected a file path", file=sys.stderr)
+        return 2
+    try:
+        check_writable_folder(args.out.parent, "--out's folder")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        atomic_write_text(args.out, text)
+    except OSError as exc:  # a full disk, a quota, a vanished folder: nothing is left half-written
+        print(f"error: --out {args.out}: writing failed ({exc.strerror or exc})", file=sys.stderr)
+        return 1
     print(f"wrote {args.out} ({len(text):,} bytes)")
     return 0
 

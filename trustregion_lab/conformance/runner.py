@@ -1,27 +1,41 @@
-"""Run a user's mask or divergence function against the reference cases; return a tidy table of disagreements.
+"""Run a user's mask, loss, divergence or IS-weight function against the reference cases; return a tidy table of
+disagreements (empty = pass).
 
 A case holds `[B, T]` arrays (sampled-token log-probs, advantages, response mask; `[B, T, K]` top-K ids and
-log-probs; `[B, T, V]` logits) and the expected values. Adapters call the user's function the way its framework
-would:
+log-probs; `[B, T, V]` logits) and the expected values. One row of a case is one sequence (its tokens are those
+with response_mask True). Adapters call the user's function the way its framework would:
+
 - ``"plain"``: keywords, named as in `trustregion_lab.masks.trust_region_mask` / `trustregion_lab.divergence`:
-  logprob, rollout_logprob, advantages, low, high, response_mask, old_logprob, topk_ids, rollout_topk_logprobs,
-  topk_logprobs (π at the reported ids), logits, rollout_logits. Only the keywords the function accepts are
-  passed (all of them when it takes ``**kwargs``).
-- ``"verl"``: ``fn(old_log_prob, log_prob, advantages, response_mask, **kw)`` like verl's policy-loss functions:
-  old_log_prob is the mask's anchor (the rollout μ, i.e. verl's bypass mode; π_old for the recompute cases),
-  log_prob is π; kw: low/high or clip_ratio_low/clip_ratio_high, and rollout_log_probs, when accepted.
-A mask function returns the keep mask (True = the token keeps its gradient; ``output="drop"`` for a drop mask),
-`[B, T]`, as numpy or torch; ``array="torch"`` passes float64 torch tensors instead of numpy arrays.
-Padded and Â = 0 tokens are expected to be kept. Divergences are compared on response tokens with
-|got − expected| ≤ atol + rtol·|expected|. Each disagreement row carries the token's Â, response_mask, μ(a)
-and π(a), so a pattern (only Â = 0 tokens, only μ(a) → 1, only one side) shows at a glance.
+  logprob, rollout_logprob, advantages, low, high, response_mask, topk_ids, rollout_topk_logprobs,
+  topk_logprobs (π at the reported ids), logits, rollout_logits, a rule's own parameters (clip_ratio_c), and
+  old_logprob. Only the keywords the function accepts are passed (all of them when it takes ``**kwargs``).
+  old_logprob is passed only in the π_old-anchored ("recompute") cases; a function that *requires* it gets the
+  rollout μ as old_logprob in the μ-anchored cases (π_old = μ: no recompute, verl's bypass mode), and a function
+  that does not take it skips the recompute cases (listed in ``attrs["skipped"]``).
+- ``"verl"``: ``fn(old_log_prob, log_prob, advantages, response_mask, **kw)`` like verl's policy-loss
+  functions: old_log_prob is the case's anchor (μ, or π_old in the recompute cases), log_prob is π. kw, when
+  accepted: low/high, clip_ratio_low/clip_ratio_high, cliprange_low/cliprange_high, the rule's parameters
+  (clip_ratio_c), and rollout_log_probs = μ: in the μ-anchored cases always, in the recompute cases only when
+  the function requires it (there μ would otherwise let a function anchor on the wrong distribution).
+
+Top-K ids: unused slots (the "topk_plus_sampled" case reports K + 1 ids, the last one −1 when the sampled token
+is already among the K) hold id −1 and log-prob 0. An implementation that indexes the vocabulary with every id
+cannot take −1: ``topk_unused="sentinel"`` rewrites those slots to a sentinel vocabulary column appended to
+``logits`` and ``rollout_logits`` (id = vocab, logit −1e4, so its probability is exactly 0 in float64 and the
+softmax of the other columns is unchanged), and sets the slots' log-probs to that column's log-prob. The same
+recipe works in a user's own code: append one column, map −1 to it.
+
+Results are compared as float64 (a bfloat16 or float16 result is cast exactly). Masks must be boolean (or 0/1
+numbers); divergences and weights real numbers (a NaN or ±inf result is a disagreement). Each disagreement row
+carries the token's Â, response_mask, μ(a), π_old(a) (NaN unless the row is π_old-anchored: the anchor is shown
+under its own name) and π(a), so a pattern (only Â = 0 tokens, only μ(a) → 1, only one side) shows at a glance.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,10 +44,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trustregion_lab._validate import check_choice
+from trustregion_lab._validate import check_bool, check_choice, check_real, check_threshold
+from trustregion_lab.conformance import reference as ref
 from trustregion_lab.conformance.data import DATA_FILE, VERSION
 
-__all__ = ["DIVERGENCES", "Case", "check_divergence", "check_mask", "load_cases"]
+__all__ = [
+    "DIVERGENCES",
+    "TOLERANCES",
+    "Case",
+    "check_divergence",
+    "check_loss",
+    "check_mask",
+    "check_weights",
+    "load_cases",
+    "methods",
+]
 
 DIVERGENCES: dict[str, tuple[str, ...]] = {
     "binary_tv": ("rollout_logprob", "logprob"),
@@ -43,6 +68,23 @@ DIVERGENCES: dict[str, tuple[str, ...]] = {
     "tv": ("rollout_logits", "logits"),
     "kl": ("rollout_logits", "logits"),
 }
+TOLERANCES: dict[str, tuple[float, float]] = {
+    # (rtol, atol): |got − expected| ≤ atol + rtol·|expected|
+    "float64": (1e-6, 1e-12),
+    "float32": (1e-4, 1e-6),
+}
+"""Tolerance presets for ``check_divergence`` / ``check_weights`` (``tolerance=``).
+
+"float64" (the default) is for implementations that compute in float64: rtol 1e-6, atol 1e-12.
+"float32" is for implementations that compute in float32, as most trainers do: rtol 1e-4, atol 1e-6. The
+reason: float32 carries about 7 significant digits (eps 1.2e-7), and a divergence is a sum of terms that
+cancel (Σ μ log μ/π over a set, 1 − Σ for the rest bucket), so a correct float32 Top-K KL is off by ~1.7e-7
+absolute on tokens whose KL is ~1e-4, which fails rtol 1e-6; a `+ 1e-8` inside the logs of a Binary KL (a
+common guard against log 0) shifts small KLs by ~4e-8. Both are far below any threshold a mask uses (≥ 1e-3),
+and the mask decisions themselves are checked exactly: every reference decision lies at least 1e-7
+(relative) away from its threshold, so float32 decides each token the same way.
+"""
+SENTINEL_LOGIT = -1e4
 _COLUMNS = [
     "case",
     "check",
@@ -57,27 +99,36 @@ _COLUMNS = [
     "advantage",
     "response_mask",
     "mu",
+    "pi_old",
     "pi",
     "description",
 ]
+_TOPK_FIELDS = ("topk_ids", "rollout_topk_logprobs", "topk_logprobs", "logits", "rollout_logits")
 
 
 @dataclass(frozen=True)
 class Case:
-    """One reference case: inputs (numpy arrays), expected divergences `[B, T]` and mask expectations."""
+    """One reference case: inputs (numpy arrays), expected divergences `[B, T]`, mask expectations (method,
+    low, high, anchor, params, keep `[B, T]`) and IS-weight expectations (kind, cap, value `[B, T]`)."""
 
     name: str
     description: str
     inputs: dict[str, np.ndarray]
     expected: dict[str, np.ndarray]
     masks: tuple[dict, ...]
+    weights: tuple[dict, ...] = ()
 
 
 @lru_cache(maxsize=4)
 def _load(path: str) -> tuple[int, tuple[Case, ...]]:
-    document = json.loads(Path(path).read_text())
+    try:
+        document = json.loads(Path(path).read_text())
+        version = int(document["version"])
+        raws = document["cases"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a conformance cases file ({exc})") from None
     cases = []
-    for raw in document["cases"]:
+    for raw in raws:
         inputs = {}
         for key, value in raw["inputs"].items():
             dtype = (
@@ -85,47 +136,297 @@ def _load(path: str) -> tuple[int, tuple[Case, ...]]:
             )
             inputs[key] = np.array(value, dtype=dtype)
         expected = {key: np.array(value, np.float64) for key, value in raw["expected"].items()}
-        masks = tuple({**m, "keep": np.array(m["keep"], bool)} for m in raw["masks"])
-        cases.append(Case(raw["name"], raw["description"], inputs, expected, masks))
-    return int(document["version"]), tuple(cases)
+        masks = tuple(
+            {**m, "params": dict(m.get("params", {})), "keep": np.array(m["keep"], bool)}
+            for m in raw["masks"]
+        )
+        weights = tuple({**w, "value": np.array(w["value"], np.float64)} for w in raw.get("weights", ()))
+        cases.append(Case(raw["name"], raw["description"], inputs, expected, masks, weights))
+    return version, tuple(cases)
 
 
 def load_cases(path: str | Path | None = None) -> list[Case]:
-    """The shipped reference cases (version `VERSION`), or those of another cases file."""
+    """The shipped reference cases (version `VERSION`), or those of another cases file (cases_v1.json too)."""
+    if path is not None and not isinstance(path, str | Path):
+        raise TypeError(f"path must be None, a str or a Path, got {type(path).__name__}")
     version, cases = _load(str(path or DATA_FILE))
     if path is None and version != VERSION:
         raise ValueError(f"{DATA_FILE} holds version {version}, expected {VERSION}")
     return list(cases)
 
 
-def _accepted(fn: Callable, names: list[str]) -> list[str]:
+def methods() -> list[str]:
+    """Every method the kit checks: the mask registry's (`trustregion_lab.masks.METHODS`), then the rules
+    frameworks ship (`reference.FRAMEWORK_RULES`: dual_clip, ipo, icepop, token_mask, opsm, seq_mis,
+    seq_geo_mask)."""
+    return ref.rule_names()
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _cases(cases: Any) -> list[Case]:
+    if cases is None:
+        return load_cases()
+    if not isinstance(cases, list | tuple) or not all(isinstance(c, Case) for c in cases):
+        raise TypeError("cases must be None (the shipped cases) or a list of conformance Case objects")
+    if not cases:
+        raise ValueError(
+            "cases is empty: pass None for the shipped cases, or a non-empty list of Case objects"
+        )
+    return list(cases)
+
+
+def _tolerances(tolerance: Any, rtol: Any, atol: Any) -> tuple[float, float]:
+    tolerance = check_choice("tolerance", tolerance, TOLERANCES)
+    preset_rtol, preset_atol = TOLERANCES[tolerance]
+    rtol = preset_rtol if rtol is None else check_real("rtol", rtol, minimum=0.0)
+    atol = preset_atol if atol is None else check_real("atol", atol, minimum=0.0)
+    return rtol, atol
+
+
+def _check_callable(fn: Any) -> None:
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable, got {fn!r} ({type(fn).__name__})")
+
+
+def _check_method(method: Any) -> str:
+    return check_choice("method", method, methods())
+
+
+def _params(params: Any) -> dict[str, float] | None:
+    if params is None:
+        return None
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise TypeError(f"params must be None or a dict of name -> number, got {params!r}")
+    return {k: check_real(f"params[{k!r}]", v) for k, v in params.items()}
+
+
+def _result_array(value: Any, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """The user's result as float64 (kind "real") or bool (kind "bool") numpy `shape`, validated."""
+    if hasattr(value, "detach") and hasattr(value, "dtype"):
+        import torch
+
+        value = value.detach().cpu()
+        if value.is_complex():
+            raise TypeError(f"{name} returned a complex tensor, expected real numbers")
+        value = value.numpy() if value.dtype == torch.bool else value.to(torch.float64).numpy()
+    try:
+        out = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} returned {type(value).__name__}, expected an array ({exc})") from None
+    if out.shape != shape:
+        raise ValueError(f"{name} returned shape {out.shape}, expected {shape}")
+    if kind == "bool":
+        if out.dtype == bool:
+            return out
+        if out.dtype.kind in "iuf":
+            values = out.astype(np.float64)
+            if np.all((values == 0) | (values == 1)):
+                return values == 1
+            bad = values[~((values == 0) | (values == 1))].ravel()[0]
+            raise ValueError(f"{name} returned a mask holding {bad!r}, expected booleans (or 0/1)")
+        raise TypeError(f"{name} returned a mask of dtype {out.dtype}, expected booleans (or 0/1)")
+    if out.dtype.kind == "c":
+        raise TypeError(f"{name} returned complex numbers, expected real numbers")
+    if out.dtype.kind not in "iuf":
+        raise TypeError(f"{name} returned dtype {out.dtype}, expected real numbers")
+    return out.astype(np.float64)
+
+
+# ------------------------------------------------------------------------------------------ arguments
+
+
+def _signature(fn: Callable) -> tuple[dict[str, inspect.Parameter], bool] | None:
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # builtins without a signature: pass everything
-        return names
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return names
-    return [n for n in names if n in params]
+        return None
+    return dict(params), any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _convert(arrays: dict[str, Any], array: str) -> dict[str, Any]:
+def _accepted(fn: Callable, names: list[str]) -> list[str]:
+    sig = _signature(fn)
+    if sig is None or sig[1]:
+        return names
+    return [n for n in names if n in sig[0]]
+
+
+def _required(fn: Callable, name: str) -> bool:
+    sig = _signature(fn)
+    if sig is None or name not in sig[0]:
+        return False
+    return sig[0][name].default is inspect.Parameter.empty and sig[0][name].kind not in (
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    )
+
+
+def _sentinel(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Unused top-K slots (id −1) mapped to an appended vocabulary column with probability 0."""
+    from scipy.special import log_softmax
+
+    x = dict(inputs)
+    vocab = x["logits"].shape[-1]
+    unused = x["topk_ids"] < 0
+    for key, lp_key in (("logits", "topk_logprobs"), ("rollout_logits", "rollout_topk_logprobs")):
+        pad = np.full((*x[key].shape[:-1], 1), SENTINEL_LOGIT)
+        x[key] = np.concatenate([x[key], pad], -1)
+        column = log_softmax(x[key], -1)[..., vocab]
+        x[lp_key] = np.where(unused, column[..., None], x[lp_key])
+    x["topk_ids"] = np.where(unused, vocab, x["topk_ids"])
+    return x
+
+
+def _case_inputs(case: Case, topk_unused: str) -> dict[str, np.ndarray]:
+    return _sentinel(case.inputs) if topk_unused == "sentinel" else case.inputs
+
+
+def _convert(arrays: dict[str, Any], array: str, grad: str | None = None) -> dict[str, Any]:
     if array == "numpy":
         return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
     import torch
 
-    return {k: torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
-
-
-def _to_numpy(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    out = np.asarray(value)
-    if out.shape != shape:
-        raise ValueError(f"{name} returned shape {out.shape}, expected {shape}")
+    out = {k: torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
+    if grad is not None:
+        out[grad] = out[grad].requires_grad_(True)
     return out
 
 
-def _disagreements(case: Case, check: str, low, high, anchor, where, expected, got, err) -> list[dict]:
+def _plain_arguments(
+    fn: Callable, x: dict[str, np.ndarray], anchor: str, low: float, high: float, params: dict
+) -> dict | None:
+    available = {
+        "logprob": x["logprob"],
+        "rollout_logprob": x["rollout_logprob"],
+        "advantages": x["advantages"],
+        "low": low,
+        "high": high,
+        "response_mask": x["response_mask"],
+        **{k: x[k] for k in _TOPK_FIELDS},
+        **params,
+    }
+    accepted = _accepted(fn, [*available, "old_logprob"])
+    if anchor == "recompute":
+        if "old_logprob" not in accepted:
+            return None
+        available["old_logprob"] = x["old_logprob"]
+    elif _required(fn, "old_logprob"):
+        available["old_logprob"] = x["rollout_logprob"]  # π_old = μ: no recompute
+    return {k: v for k, v in available.items() if k in accepted}
+
+
+_VERL_POSITIONAL = ("old_log_prob", "log_prob", "advantages", "response_mask")
+
+
+def _verl_arguments(
+    fn: Callable, x: dict[str, np.ndarray], anchor: str, low: float, high: float, params: dict
+) -> dict:
+    anchor_lp = x["old_logprob"] if anchor == "recompute" else x["rollout_logprob"]
+    optional = {
+        "low": low,
+        "high": high,
+        "clip_ratio_low": low,
+        "clip_ratio_high": high,
+        "cliprange_low": low,
+        "cliprange_high": high,
+        **params,
+    }
+    if anchor != "recompute" or _required(fn, "rollout_log_probs"):
+        optional["rollout_log_probs"] = x["rollout_logprob"]
+    keywords = {k: v for k, v in optional.items() if k in _accepted(fn, list(optional))}
+    return {
+        "old_log_prob": anchor_lp,
+        "log_prob": x["logprob"],
+        "advantages": x["advantages"],
+        "response_mask": x["response_mask"],
+        **keywords,
+    }
+
+
+def _missing(fn: Callable, adapter: str, kwargs: dict) -> list[str]:
+    """Parameters `fn` requires that the adapter does not pass."""
+    sig = _signature(fn)
+    if sig is None:
+        return []
+    names = list(sig[0])[len(_VERL_POSITIONAL) :] if adapter == "verl" else list(sig[0])
+    return [
+        n for n in names if _required(fn, n) and n not in kwargs and sig[0][n].kind.name != "POSITIONAL_ONLY"
+    ]
+
+
+def _call(fn: Callable, adapter: str, kwargs: dict, array: str, grad: str | None = None) -> tuple[Any, Any]:
+    """(fn's result, the tensor that carries the gradient or None)."""
+    missing = _missing(fn, adapter, kwargs)
+    if missing:
+        raise TypeError(
+            f"fn requires {', '.join(missing)}, which the {adapter!r} adapter does not pass here (it passes "
+            f"{', '.join(kwargs)}); give a rule parameter with params={{...}} or wrap fn"
+        )
+    converted = _convert(kwargs, array, grad)
+    tracked = converted[grad] if grad else None
+    if adapter == "plain":
+        return fn(**converted), tracked
+    positional = [converted.pop(k) for k in _VERL_POSITIONAL]
+    return fn(*positional, **converted), tracked
+
+
+# ------------------------------------------------------------------------------------------ expectations
+
+
+def _expectations(
+    case: Case,
+    method: str,
+    low: float | None,
+    high: float | None,
+    params: dict | None,
+    anchor: str,
+) -> Iterator[tuple[str, float, float, dict, np.ndarray | None]]:
+    """(anchor, low, high, params, keep) of `method` on `case`: the stored decisions, or, when thresholds or
+    params are given, the reference's decisions at those values (keep None when a token sits on a bound)."""
+    anchors = ("rollout", "recompute") if anchor == "any" else (anchor,)
+    if low is None and high is None and params is None:
+        for m in case.masks:
+            if m["method"] == method and m["anchor"] in anchors:
+                yield m["anchor"], m["low"], m["high"], m["params"], m["keep"]
+        return
+    stored = [m for m in case.masks if m["method"] == method]
+    x = case.inputs
+    defaults = dict(ref.FRAMEWORK_RULES[method].params) if method in ref.FRAMEWORK_RULES else {}
+    for anchor_name in anchors:
+        base = [m for m in stored if m["anchor"] == anchor_name]
+        if not base:
+            continue
+        pairs = {(m["low"], m["high"]) for m in base}
+        lows = [low] if low is not None else sorted({p[0] for p in pairs})
+        highs = [high] if high is not None else sorted({p[1] for p in pairs})
+        p = {**defaults, **(params or {})}
+        if anchor_name == "recompute":
+            anchor_lp = x["old_logprob"]
+            tv, kl = ref.binary(anchor_lp, x["logprob"])
+            estimates = {"binary_tv": tv, "binary_kl": kl}
+        else:
+            anchor_lp, estimates = x["rollout_logprob"], ref.divergences(x)
+        for lo in lows:
+            for hi in highs:
+                keep, tie = ref.keep_decisions(
+                    method,
+                    anchor=anchor_lp,
+                    lpi=x["logprob"],
+                    adv=x["advantages"],
+                    mask=x["response_mask"],
+                    low=lo,
+                    high=hi,
+                    params=p,
+                    estimates=estimates,
+                )
+                yield anchor_name, lo, hi, p, None if tie else keep
+
+
+def _disagreements(
+    case: Case, check: str, low, high, anchor, where, expected, got, err
+) -> list[dict[str, Any]]:
+    x = case.inputs
     rows = []
     for b, t in zip(*np.nonzero(where)):
         rows.append(
@@ -140,10 +441,11 @@ def _disagreements(case: Case, check: str, low, high, anchor, where, expected, g
                 "expected": expected[b, t].item(),
                 "got": got[b, t].item(),
                 "abs_error": err[b, t].item() if err is not None else np.nan,
-                "advantage": case.inputs["advantages"][b, t].item(),
-                "response_mask": bool(case.inputs["response_mask"][b, t]),
-                "mu": float(np.exp(case.inputs["rollout_logprob"][b, t])),
-                "pi": float(np.exp(case.inputs["logprob"][b, t])),
+                "advantage": x["advantages"][b, t].item(),
+                "response_mask": bool(x["response_mask"][b, t]),
+                "mu": float(np.exp(x["rollout_logprob"][b, t])),
+                "pi_old": float(np.exp(x["old_logprob"][b, t])) if anchor == "recompute" else np.nan,
+                "pi": float(np.exp(x["logprob"][b, t])),
                 "description": case.description,
             }
         )
@@ -157,32 +459,94 @@ def _result(rows: list[dict], checked: int, skipped: list[str]) -> pd.DataFrame:
     return table
 
 
+# ------------------------------------------------------------------------------------------ checks
+
+
 def check_divergence(
     fn: Callable[..., Any],
     quantity: str,
     *,
-    rtol: float = 1e-6,
-    atol: float = 1e-12,
+    tolerance: str = "float64",
+    rtol: float | None = None,
+    atol: float | None = None,
     array: str = "numpy",
+    topk_unused: str = "minus_one",
     cases: list[Case] | None = None,
 ) -> pd.DataFrame:
     """Compare `fn` (plain adapter) with the expected `quantity` (a key of `DIVERGENCES`) on response tokens.
 
-    Returns one row per disagreeing token (empty when all agree); ``attrs["checked"]`` = tokens compared.
+    A token agrees when |got − expected| ≤ atol + rtol·|expected|; ``tolerance`` picks the (rtol, atol) preset
+    ("float64" or "float32", see `TOLERANCES`), rtol/atol override it. topk_unused: "minus_one" (unused top-K
+    slots hold id −1) or "sentinel" (module docstring). Returns one row per disagreeing token (empty when all
+    agree); ``attrs["checked"]`` = tokens compared.
     """
+    _check_callable(fn)
     quantity = check_choice("quantity", quantity, DIVERGENCES)
+    rtol, atol = _tolerances(tolerance, rtol, atol)
     array = check_choice("array", array, ("numpy", "torch"))
+    topk_unused = check_choice("topk_unused", topk_unused, ("minus_one", "sentinel"))
     rows, checked = [], 0
-    for case in cases or load_cases():
+    for case in _cases(cases):
+        x = _case_inputs(case, topk_unused)
         names = _accepted(fn, list(DIVERGENCES[quantity]))
-        kwargs = _convert({n: case.inputs[n] for n in names}, array)
+        kwargs = _convert({n: x[n] for n in names}, array)
         expected = case.expected[quantity]
-        got = _to_numpy(fn(**kwargs), quantity, expected.shape).astype(np.float64)
+        got = _result_array(fn(**kwargs), quantity, expected.shape, "real")
         where = case.inputs["response_mask"]
         err = np.abs(got - expected)
         bad = where & ~(err <= atol + rtol * np.abs(expected))
         rows += _disagreements(case, quantity, np.nan, np.nan, "", bad, expected, got, err)
         checked += int(where.sum())
+    return _result(rows, checked, [])
+
+
+def check_weights(
+    fn: Callable[..., Any],
+    kind: str,
+    *,
+    cap: float | None = None,
+    tolerance: str = "float64",
+    rtol: float | None = None,
+    atol: float | None = None,
+    array: str = "numpy",
+    cases: list[Case] | None = None,
+) -> pd.DataFrame:
+    """Compare an importance-sampling weight `fn` with the reference `kind` (a key of `reference.WEIGHTS`).
+
+    tis = min(r, C) per token; seq_is = min(Π_t r_t, C) and seq_geo_is = min(exp(mean_t log r_t), C) per
+    sequence (a row's response tokens), r = π(a)/μ(a). `fn` is called with the accepted keywords of logprob,
+    rollout_logprob, response_mask and cap, and returns `[B, T]` (or `[B]` for the sequence kinds). cap: the
+    C to check (needed when `fn` takes no ``cap``); by default every cap the cases hold (2 and 3). Compared on
+    response tokens as in `check_divergence`.
+    """
+    _check_callable(fn)
+    kind = check_choice("kind", kind, ref.WEIGHTS)
+    rtol, atol = _tolerances(tolerance, rtol, atol)
+    array = check_choice("array", array, ("numpy", "torch"))
+    if cap is not None:
+        cap = check_real("cap", cap, positive=True, allow_inf=True)
+    elif "cap" not in _accepted(fn, ["cap"]):
+        raise ValueError("fn takes no cap: pass cap=C, the cap your function applies")
+    rows, checked = [], 0
+    for case in _cases(cases):
+        x = case.inputs
+        caps = [cap] if cap is not None else sorted({w["cap"] for w in case.weights if w["kind"] == kind})
+        for c in caps:
+            expected = ref.weights(kind, x["rollout_logprob"], x["logprob"], x["response_mask"], c)
+            names = _accepted(fn, ["logprob", "rollout_logprob", "response_mask", "cap"])
+            args = {"logprob": x["logprob"], "rollout_logprob": x["rollout_logprob"]}
+            args |= {"response_mask": x["response_mask"], "cap": c}
+            value = fn(**_convert({n: args[n] for n in names}, array))
+            shape = expected.shape
+            if kind != "tis" and np.ndim(value) == 1:
+                shape = expected.shape[:1]
+            got = _result_array(value, kind, shape, "real")
+            got = np.broadcast_to(got[:, None], expected.shape) if got.ndim == 1 else got
+            where = x["response_mask"]
+            err = np.abs(got - expected)
+            bad = where & ~(err <= atol + rtol * np.abs(expected))
+            rows += _disagreements(case, kind, np.nan, c, "rollout", bad, expected, got, err)
+            checked += int(where.sum())
     return _result(rows, checked, [])
 
 
@@ -193,73 +557,147 @@ def check_mask(
     adapter: str = "plain",
     output: str = "keep",
     array: str = "numpy",
+    low: float | None = None,
+    high: float | None = None,
+    params: dict[str, float] | None = None,
+    anchor: str = "any",
+    topk_unused: str = "minus_one",
     cases: list[Case] | None = None,
 ) -> pd.DataFrame:
     """Compare `fn`'s keep/drop decisions with every expectation of `method` (all thresholds, both anchors).
 
-    `method` names the rule `fn` implements (a key of `trustregion_lab.masks.METHODS`). Recompute-anchor
-    expectations are skipped (listed in ``attrs["skipped"]``) when a plain-adapter `fn` takes no old_logprob.
-    Returns one row per disagreeing token; ``attrs["checked"]`` = decisions compared.
+    `method` names the rule `fn` implements: a key of `trustregion_lab.masks.METHODS` or of
+    `reference.FRAMEWORK_RULES` (`methods()` lists them). `fn` returns the keep mask (True = the token keeps
+    its gradient; ``output="drop"`` for a drop mask) `[B, T]` as booleans or 0/1 (numpy or torch). low/high/
+    params: check only these thresholds / rule parameters (the reference decides the cases at them; for a
+    function with fixed thresholds); anchor: "any", "rollout" or "recompute". Padded and Â = 0 tokens are
+    expected to be kept. Recompute-anchor expectations are skipped (listed in ``attrs["skipped"]``) when a
+    plain-adapter `fn` takes no old_logprob. Returns one row per disagreeing token; ``attrs["checked"]`` =
+    decisions compared.
     """
+    _check_callable(fn)
+    method = _check_method(method)
     adapter = check_choice("adapter", adapter, ("plain", "verl"))
     output = check_choice("output", output, ("keep", "drop"))
     array = check_choice("array", array, ("numpy", "torch"))
+    low, high, params, anchor = _selection(low, high, params, anchor)
+    topk_unused = check_choice("topk_unused", topk_unused, ("minus_one", "sentinel"))
     rows, checked, skipped = [], 0, []
-    for case in cases or load_cases():
-        for expectation in (m for m in case.masks if m["method"] == method):
-            anchor, low, high = expectation["anchor"], expectation["low"], expectation["high"]
-            kwargs = _mask_arguments(fn, case, adapter, anchor, low, high)
-            if kwargs is None:
-                skipped.append(f"{case.name} {anchor} {low:g}/{high:g}")
+    for case in _cases(cases):
+        x = _case_inputs(case, topk_unused)
+        for anchor_name, lo, hi, p, expected in _expectations(case, method, low, high, params, anchor):
+            label = f"{case.name} {anchor_name} {lo:g}/{hi:g}"
+            if expected is None:
+                skipped.append(f"{label}: a token sits on the threshold")
                 continue
-            result = fn(**_convert(kwargs, array)) if adapter == "plain" else _call_verl(fn, kwargs, array)
-            expected = expectation["keep"]
-            got = _to_numpy(result, method, expected.shape).astype(bool)
+            build = _plain_arguments if adapter == "plain" else _verl_arguments
+            kwargs = build(fn, x, anchor_name, lo, hi, p)
+            if kwargs is None:
+                skipped.append(f"{label}: fn takes no old_logprob")
+                continue
+            result, _ = _call(fn, adapter, kwargs, array)
+            got = _result_array(result, method, expected.shape, "bool")
             got = ~got if output == "drop" else got
-            rows += _disagreements(case, method, low, high, anchor, got != expected, expected, got, None)
+            rows += _disagreements(case, method, lo, hi, anchor_name, got != expected, expected, got, None)
             checked += expected.size
     if not checked and not skipped:
-        raise ValueError(f"no reference case has expectations for method {method!r}")
+        raise ValueError(f"no reference case has expectations for method {method!r} and anchor {anchor!r}")
     return _result(rows, checked, skipped)
 
 
-def _mask_arguments(fn, case: Case, adapter: str, anchor: str, low: float, high: float) -> dict | None:
-    x = case.inputs
-    if adapter == "verl":
-        return {
-            "old_log_prob": x["old_logprob"] if anchor == "recompute" else x["rollout_logprob"],
-            "log_prob": x["logprob"],
-            "advantages": x["advantages"],
-            "response_mask": x["response_mask"],
-            "low": low,
-            "high": high,
-            "clip_ratio_low": low,
-            "clip_ratio_high": high,
-            "rollout_log_probs": x["rollout_logprob"],
-        }
-    available = {
-        "logprob": x["logprob"],
-        "rollout_logprob": x["rollout_logprob"],
-        "advantages": x["advantages"],
-        "low": low,
-        "high": high,
-        "response_mask": x["response_mask"],
-        **{
-            k: x[k]
-            for k in ("topk_ids", "rollout_topk_logprobs", "topk_logprobs", "logits", "rollout_logits")
-        },
-    }
-    accepted = _accepted(fn, [*available, "old_logprob"])
-    if anchor == "recompute":
-        if "old_logprob" not in accepted:
-            return None
-        available["old_logprob"] = x["old_logprob"]
-    return {k: v for k, v in available.items() if k in accepted}
+def _selection(low: Any, high: Any, params: Any, anchor: Any) -> tuple:
+    low = None if low is None else check_threshold("low", low)
+    high = None if high is None else check_threshold("high", high)
+    return low, high, _params(params), check_choice("anchor", anchor, ("any", "rollout", "recompute"))
 
 
-def _call_verl(fn: Callable, kwargs: dict, array: str) -> Any:
-    """fn(old_log_prob, log_prob, advantages, response_mask, **accepted keywords)."""
-    converted = _convert(kwargs, array)
-    positional = [converted[k] for k in ("old_log_prob", "log_prob", "advantages", "response_mask")]
-    extra = _accepted(fn, ["low", "high", "clip_ratio_low", "clip_ratio_high", "rollout_log_probs"])
-    return fn(*positional, **{k: converted[k] for k in extra})
+def check_loss(
+    fn: Callable[..., Any],
+    method: str,
+    *,
+    adapter: str = "plain",
+    low: float | None = None,
+    high: float | None = None,
+    params: dict[str, float] | None = None,
+    anchor: str = "any",
+    include_zero_advantage: bool = False,
+    include_padding: bool = False,
+    topk_unused: str = "minus_one",
+    cases: list[Case] | None = None,
+) -> pd.DataFrame:
+    """Check a policy *loss* by its gradient: the keep mask is read from d loss / d log π(a).
+
+    `fn` is called through the adapter (module docstring) with float64 torch tensors, ``logprob`` (plain) /
+    ``log_prob`` (verl) requiring grad, and returns the loss: a scalar tensor, or a tuple/list whose first
+    element is it (``(loss, metrics)``, verl's ``(pg_loss, clipfrac, ...)``). A token keeps its gradient when
+    d loss / d log π(a) ≠ 0 (exactly: float64 has no underflow on these cases), so kept = "has a gradient";
+    the expectation is the reference mask of `method` (see `check_mask`). Compared tokens: response tokens
+    with Â ≠ 0. ``include_zero_advantage=True`` adds the Â = 0 tokens and ``include_padding=True`` the padded
+    ones, both expected to get no gradient (a loss term that is not multiplied by Â, e.g. a KL penalty, or
+    padding that reaches the loss, shows there). A non-finite gradient on a compared token is always a
+    disagreement. low/high/params: the thresholds and rule parameters the loss implements, when it takes none
+    of them as arguments (the reference then decides the cases at those values); otherwise every stored
+    threshold is passed in turn. Returns the `check_mask` table (``got``/``expected`` = has a gradient);
+    ``attrs["checked"]`` = tokens compared, ``attrs["skipped"]`` = expectations not run and why.
+    """
+    import torch
+
+    _check_callable(fn)
+    method = _check_method(method)
+    adapter = check_choice("adapter", adapter, ("plain", "verl"))
+    low, high, params, anchor = _selection(low, high, params, anchor)
+    include_zero_advantage = check_bool("include_zero_advantage", include_zero_advantage)
+    include_padding = check_bool("include_padding", include_padding)
+    topk_unused = check_choice("topk_unused", topk_unused, ("minus_one", "sentinel"))
+    threshold_names = ("low", "high", "clip_ratio_low", "clip_ratio_high", "cliprange_low", "cliprange_high")
+    if low is None and high is None and method != "none" and not _accepted(fn, list(threshold_names)):
+        raise ValueError(
+            "fn takes no thresholds (low/high, clip_ratio_low/high or cliprange_low/high): pass low=..., "
+            "high=... to say which thresholds it implements"
+        )
+    grad_name = "logprob" if adapter == "plain" else "log_prob"
+    rows, checked, skipped, depends = [], 0, [], False
+    for case in _cases(cases):
+        x = _case_inputs(case, topk_unused)
+        mask, adv = case.inputs["response_mask"], case.inputs["advantages"]
+        live = mask & (adv != 0)
+        where = live | (mask & (adv == 0) if include_zero_advantage else False)
+        where = where | (~mask if include_padding else False)
+        for anchor_name, lo, hi, p, keep in _expectations(case, method, low, high, params, anchor):
+            label = f"{case.name} {anchor_name} {lo:g}/{hi:g}"
+            if keep is None:
+                skipped.append(f"{label}: a token sits on the threshold")
+                continue
+            build = _plain_arguments if adapter == "plain" else _verl_arguments
+            kwargs = build(fn, x, anchor_name, lo, hi, p)
+            if kwargs is None:
+                skipped.append(f"{label}: fn takes no old_logprob")
+                continue
+            result, tracked = _call(fn, adapter, kwargs, "torch", grad_name)
+            loss = result[0] if isinstance(result, tuple | list) and result else result
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise TypeError(
+                    f"fn returned {type(loss).__name__}, expected a scalar torch tensor (or a tuple whose "
+                    "first element is one)"
+                )
+            if loss.is_complex():
+                raise TypeError("fn returned a complex loss, expected a real scalar")
+            if loss.requires_grad:
+                (grad,) = torch.autograd.grad(loss.reshape(()), tracked, allow_unused=True)
+            else:
+                grad = None
+            grad = np.zeros(keep.shape) if grad is None else grad.detach().to(torch.float64).numpy()
+            depends |= bool(np.any(grad != 0))
+            got = grad != 0
+            expected = keep & live
+            bad = where & ((got != expected) | ~np.isfinite(grad))
+            rows += _disagreements(case, method, lo, hi, anchor_name, bad, expected, got, None)
+            checked += int(where.sum())
+    if not checked and not skipped:
+        raise ValueError(f"no reference case has expectations for method {method!r} and anchor {anchor!r}")
+    if checked and not depends:
+        raise ValueError(
+            f"fn's loss has no gradient with respect to {grad_name} on any case: it must be computed from "
+            f"{grad_name} (the kit reads the mask from d loss / d {grad_name})"
+        )
+    return _result(rows, checked, skipped)
