@@ -767,3 +767,31 @@ def test_check_loss_refuses_results_that_are_not_a_differentiable_scalar():
         check_loss(lambda logprob, low, high: logprob.sum(), "no_such_method")
     with pytest.raises(TypeError, match="fn must be a callable"):
         check_loss("loss", "ppo")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the kit reads the mask registry: a new method is its registry line plus regenerated cases
+
+
+def test_a_new_registry_method_gets_reference_decisions_from_its_fields(tmp_path, monkeypatch):
+    import dataclasses
+    import types
+
+    added = {
+        "ppo_relaxed_half": masks.MaskMethod("ratio", min_anchor_prob=0.5),
+        "dppo_binary_tv_relaxed": dataclasses.replace(masks.METHODS["dppo_binary_tv"], min_anchor_prob=0.3),
+    }
+    monkeypatch.setattr(masks, "METHODS", {**masks.METHODS, **added})
+    out = tmp_path / "cases.json"
+    assert generate.main(["--out", str(out)]) == 0
+    cases = load_cases(out)
+    for name, base in (("ppo_relaxed_half", "ppo"), ("dppo_binary_tv_relaxed", "dppo_binary_tv")):
+        assert name in methods()
+        bad = check_mask(functools.partial(masks.trust_region_mask, name), name, cases=cases)
+        assert bad.empty and bad.attrs["checked"] > 100, bad.to_string()
+        assert len(check_mask(functools.partial(masks.trust_region_mask, base), name, cases=cases)) > 0
+        assert check_loss(functools.partial(losses.policy_loss, name), name, cases=cases).empty
+    unknown = types.SimpleNamespace(rule="sequence", divergence="", needs=(), min_anchor_prob=0.0)
+    monkeypatch.setattr(masks, "METHODS", {**masks.METHODS, "my_sequence_rule": unknown})
+    with pytest.raises(ValueError, match=r"my_sequence_rule.*conformance/reference\.py"):
+        methods()

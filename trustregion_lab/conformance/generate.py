@@ -38,6 +38,8 @@ def method_table() -> list[tuple[str, float, float, dict]]:
     """(method, low, high, params) of every expectation a case holds (rollout anchor)."""
     table = []
     for name, fields in ref.registry_rules().items():
+        if not ref.has_reference(name, fields):
+            continue  # a registry method decided per sequence: its framework rule below holds it
         key = fields["rule"] if fields["rule"] != "divergence" else fields["divergence"]
         table += [(name, low, high, {}) for low, high in THRESHOLDS[key]]
     for name, rule in ref.FRAMEWORK_RULES.items():
@@ -48,7 +50,7 @@ def method_table() -> list[tuple[str, float, float, dict]]:
 def _recompute_ok(method: str) -> bool:
     """Whether a method's recompute-anchored decisions can be derived from sampled-token log-probs alone."""
     registry = ref.registry_rules()
-    if method in registry:
+    if method in registry and ref.has_reference(method, registry[method]):
         estimate = ref.registry_estimate(registry[method])
         return estimate is None or estimate.startswith("binary_")
     return ref.FRAMEWORK_RULES[method].kind == "anchored"

@@ -248,7 +248,7 @@ def keep_decisions(
     live = mask & (adv != 0)
     full = np.ones(lpi.shape, bool)
     registry = registry_rules()
-    if method in registry:
+    if method in registry and has_reference(method, registry[method]):
         fields = registry[method]
         exempt = np.exp(anchor) < fields["min_anchor_prob"] if fields["min_anchor_prob"] > 0 else ~full
         if fields["rule"] == "ratio":
@@ -299,6 +299,22 @@ def _decide(comparisons, live: np.ndarray, tie: bool) -> tuple[np.ndarray, bool]
     return ~drop, tie
 
 
+def has_reference(method: str, fields: dict) -> bool:
+    """Whether a registry entry's rule has a reference here ("ratio", "divergence", "none"). A registry method
+    with another rule is checked by the framework rule of the same name, and is an error without one."""
+    if fields["rule"] in ("ratio", "divergence", "none"):
+        return True
+    if method in FRAMEWORK_RULES:
+        return False
+    raise ValueError(
+        f"masks.METHODS[{method!r}] has rule {fields['rule']!r}, which the conformance reference does not "
+        "know: add its float64 reference to trustregion_lab/conformance/reference.py and regenerate the cases"
+    )
+
+
 def rule_names() -> list[str]:
-    """Every method the kit has references for: the registry's, then FRAMEWORK_RULES."""
-    return [*registry_rules(), *FRAMEWORK_RULES]
+    """Every method the kit has references for: the registry's, then FRAMEWORK_RULES (each name once)."""
+    registry = registry_rules()
+    for name, fields in registry.items():
+        has_reference(name, fields)
+    return [*registry, *(name for name in FRAMEWORK_RULES if name not in registry)]
