@@ -222,7 +222,7 @@ def _prime_rl_loss(trainer_logprobs, inference_logprobs, advantages, loss_mask, 
     keep = loss_mask & ~is_masked
     loss = (-(ratio.detach() * advantages) * trainer_logprobs)[keep].sum()
     log_ratio = trainer_logprobs - inference_logprobs
-    loss = loss + kl_tau * log_ratio[keep].sum()  # a KL term on the kept tokens
+    loss = loss + kl_tau * (log_ratio[loss_mask] ** 2).sum()  # a KL regularizer on every loss-mask token
     return loss / loss_mask.sum().clamp_min(1), {"is_masked": is_masked[loss_mask].double().mean()}
 
 
@@ -259,12 +259,12 @@ def _verl_policy_loss(
 def _trl_grpo_loss(
     per_token_logps, old_per_token_logps, advantages, completion_mask, epsilon_low, epsilon_high, delta=None
 ):
-    """TRL style (GRPOTrainer's documented loss): coef_1 = r (capped at delta when given), coef_2 =
-    clip(r, 1 − ε_low, 1 + ε_high), loss = −min(coef_1·Â, coef_2·Â), averaged over completion tokens."""
+    """TRL style (GRPOTrainer's documented loss): coef_2 = clip(r, 1 − ε_low, 1 + ε_high), coef_1 = r capped
+    at delta when given, loss = −min(coef_1·Â, coef_2·Â), averaged over completion tokens."""
     coef_1 = torch.exp(per_token_logps - old_per_token_logps)
+    coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
     if delta is not None:
         coef_1 = torch.clamp(coef_1, max=delta)
-    coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
     per_token = -torch.min(coef_1 * advantages, coef_2 * advantages)
     return (per_token * completion_mask).sum() / completion_mask.sum().clamp(min=1.0)
 
@@ -364,9 +364,12 @@ def test_prime_rl_style_wrong_variants_fail():
     def ipo_with_kl(logprob, rollout_logprob, advantages, response_mask):  # a KL term not multiplied by Â
         return _prime_rl_loss(logprob, rollout_logprob, advantages, response_mask, ipo_delta=0.1, kl_tau=0.01)
 
-    assert check_loss(ipo_with_kl, "ipo", low=0.1, high=0.1).empty  # Â = 0 tokens excluded by default
+    # the regularizer gives the masked tokens a gradient: read the mask with kl_tau = 0
+    bad = check_loss(ipo_with_kl, "ipo", low=0.1, high=0.1)
+    assert len(bad) > 0 and (~bad["expected"] & bad["got"]).all()
+    assert (np.abs(bad["pi"] - bad["mu"]) > 0.1).all()
     bad = check_loss(ipo_with_kl, "ipo", low=0.1, high=0.1, include_zero_advantage=True)
-    assert len(bad) > 0 and (bad["advantage"] == 0).all() and bad["got"].all()
+    assert (bad["advantage"] == 0).any()  # and Â = 0 tokens get one too, when asked
 
 
 def test_verl_style_policy_loss_passes_dual_clip_and_differs_from_ppo_only_by_design():
@@ -469,6 +472,16 @@ def test_skyrl_style_losses_pass_and_a_wrong_sign_fails():
         return _skyrl_policy_loss(logprob, rollout_logprob, advantages, config, response_mask)
 
     assert check_loss(skyrl_regular, "ppo", anchor="rollout").empty
+
+    def skyrl_product_mask(logprob, rollout_logprob, advantages, response_mask, low, high):
+        # its sequence mask compares π_old with μ: with π_old = π (a batch's first step) the kit's π-vs-μ rule
+        old = logprob.detach()
+        seq = torch.exp(((old - rollout_logprob) * response_mask).sum(-1, keepdim=True))
+        in_bounds = ((seq >= low) & (seq <= high)).to(logprob.dtype)
+        config = _SkyRLConfig(policy_loss_type="regular")
+        return _skyrl_policy_loss(logprob, old, advantages * in_bounds, config, response_mask)
+
+    assert check_loss(skyrl_product_mask, "seq_mis").empty
 
     def clamp_only(
         logprob, rollout_logprob, advantages, response_mask, low, high
