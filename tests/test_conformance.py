@@ -341,6 +341,7 @@ def test_prime_rl_style_ipo_and_token_mask_losses_pass():
     bad = check_loss(ipo, "ipo", low=0.1, high=0.1)
     assert bad.empty, bad.to_string()
     assert bad.attrs["checked"] > 200
+    print(f"prime-rl style IPO, kl_tau 0: {bad.attrs['checked']} tokens, {len(bad)} disagreements")
     # a loss with fixed thresholds must say which ones it implements
     with pytest.raises(ValueError, match=r"low=\.\.\., high="):
         check_loss(ipo, "ipo")
@@ -362,10 +363,11 @@ def test_prime_rl_style_wrong_variants_fail():
     assert len(bad) > 0 and not bad["got"].all()  # it drops tokens that only moved a little mass
 
     def ipo_with_kl(logprob, rollout_logprob, advantages, response_mask):  # a KL term not multiplied by Â
-        return _prime_rl_loss(logprob, rollout_logprob, advantages, response_mask, ipo_delta=0.1, kl_tau=0.01)
+        return _prime_rl_loss(logprob, rollout_logprob, advantages, response_mask, ipo_delta=0.1, kl_tau=1e-3)
 
     # the regularizer gives the masked tokens a gradient: read the mask with kl_tau = 0
     bad = check_loss(ipo_with_kl, "ipo", low=0.1, high=0.1)
+    print(f"prime-rl style IPO, kl_tau 1e-3: {bad.attrs['checked']} tokens, {len(bad)} disagreements")
     assert len(bad) > 0 and (~bad["expected"] & bad["got"]).all()
     assert (np.abs(bad["pi"] - bad["mu"]) > 0.1).all()
     bad = check_loss(ipo_with_kl, "ipo", low=0.1, high=0.1, include_zero_advantage=True)
@@ -376,6 +378,10 @@ def test_verl_style_policy_loss_passes_dual_clip_and_differs_from_ppo_only_by_de
     bad = check_loss(_verl_policy_loss, "dual_clip", adapter="verl")
     assert bad.empty and bad.attrs["checked"] > 300 and not bad.attrs["skipped"], bad.to_string()
     versus_ppo = check_loss(_verl_policy_loss, "ppo", adapter="verl")
+    print(
+        f"verl style as dual_clip: {bad.attrs['checked']} tokens, {len(bad)} disagreements; as ppo: "
+        f"{len(versus_ppo)} disagreements"
+    )
     # every difference from plain PPO is the dual clip: Â < 0 tokens with r > 3, anchor μ or π_old
     anchor = np.where(versus_ppo["anchor"] == "recompute", versus_ppo["pi_old"], versus_ppo["mu"])
     assert len(versus_ppo) > 0 and (versus_ppo["advantage"] < 0).all()
@@ -425,7 +431,9 @@ def test_trl_style_losses_pass():
             logprob, rollout_logprob, advantages, response_mask, low, high, delta=clip_ratio_c
         )
 
-    assert check_loss(grpo_delta, "dual_clip").empty  # TRL's delta is the dual clip's c
+    bad = check_loss(grpo_delta, "dual_clip")  # TRL's delta is the dual clip's c
+    assert bad.empty
+    print(f"TRL style with delta: {bad.attrs['checked']} tokens, {len(bad)} disagreements")
     assert check_loss(grpo_delta, "dual_clip", params={"clip_ratio_c": 1.5}).empty  # c from the kit
 
     def sequence_mask(logprob, rollout_logprob, advantages, response_mask):
@@ -466,6 +474,7 @@ def test_skyrl_style_losses_pass_and_a_wrong_sign_fails():
 
     bad = check_loss(skyrl, "dual_clip")
     assert bad.empty and not bad.attrs["skipped"], bad.to_string()
+    print(f"SkyRL style dual clip + TIS: {bad.attrs['checked']} tokens, {len(bad)} disagreements")
 
     def skyrl_regular(logprob, rollout_logprob, advantages, response_mask, low, high):
         config = _SkyRLConfig(low, high, policy_loss_type="regular", loss_reduction="sequence_mean")
@@ -498,7 +507,12 @@ def test_slime_style_losses_pass_and_a_misplaced_dual_clip_fails():
         per_token = _slime_policy_loss(rollout_logprob - logprob, advantages, low, high, clip_ratio_c)
         return _sum_of_sample_mean(per_token, response_mask)
 
-    assert check_loss(slime, "dual_clip").empty
+    bad = check_loss(slime, "dual_clip")
+    assert bad.empty
+    print(
+        f"slime style dual clip: {bad.attrs['checked']} tokens, {len(bad)} disagreements, "
+        f"{len(bad.attrs['skipped'])} expectations skipped"
+    )
     with pytest.raises(TypeError, match="clip_ratio_c"):  # ppo has no c: the kit says what is missing
         check_loss(slime, "ppo")
     bad = check_loss(slime, "ppo", params={"clip_ratio_c": 3.0})
