@@ -776,6 +776,7 @@ def test_check_divergence_names_bad_arguments(kwargs, error, match):
         ({"anchor": "old"}, ValueError, "anchor"),
         ({"include_padding": 1}, TypeError, "include_padding"),
         ({"adapter": "trl"}, ValueError, "adapter"),
+        ({"array": "numpy"}, ValueError, "array"),
     ],
 )
 def test_check_loss_names_bad_arguments(kwargs, error, match):

@@ -623,6 +623,7 @@ def check_loss(
     include_zero_advantage: bool = False,
     include_padding: bool = False,
     topk_unused: str = "minus_one",
+    array: str = "torch",
     cases: list[Case] | None = None,
 ) -> pd.DataFrame:
     """Check a policy *loss* by its gradient: the keep mask is read from d loss / d log π(a).
@@ -637,7 +638,8 @@ def check_loss(
     padding that reaches the loss, shows there). A non-finite gradient on a compared token is always a
     disagreement. low/high/params: the thresholds and rule parameters the loss implements, when it takes none
     of them as arguments (the reference then decides the cases at those values); otherwise every stored
-    threshold is passed in turn. Returns the `check_mask` table (``got``/``expected`` = has a gradient);
+    threshold is passed in turn. array: "torch" only (the mask is read from a torch gradient; the argument
+    exists for symmetry with `check_mask`). Returns the `check_mask` table (``got``/``expected`` = has a gradient);
     ``attrs["checked"]`` = tokens compared, ``attrs["skipped"]`` = expectations not run and why.
     """
     import torch
@@ -649,6 +651,7 @@ def check_loss(
     include_zero_advantage = check_bool("include_zero_advantage", include_zero_advantage)
     include_padding = check_bool("include_padding", include_padding)
     topk_unused = check_choice("topk_unused", topk_unused, ("minus_one", "sentinel"))
+    check_choice("array", array, ("torch",))
     threshold_names = ("low", "high", "clip_ratio_low", "clip_ratio_high", "cliprange_low", "cliprange_high")
     if low is None and high is None and method != "none" and not _accepted(fn, list(threshold_names)):
         raise ValueError(
