@@ -823,3 +823,26 @@ def test_a_new_registry_method_gets_reference_decisions_from_its_fields(tmp_path
     monkeypatch.setattr(masks, "METHODS", {**masks.METHODS, "my_sequence_rule": unknown})
     with pytest.raises(ValueError, match=r"my_sequence_rule.*conformance/reference\.py"):
         methods()
+
+
+def test_framework_rules_as_mask_functions():
+    def icepop(logprob, rollout_logprob, low, high):  # numpy, True = keep
+        ratio = np.exp(logprob - rollout_logprob)
+        return (ratio >= low) & (ratio <= high)
+
+    assert len(check_mask(icepop, "icepop")) > 0  # Â = 0 and padded tokens must be kept
+    assert check_mask(
+        lambda logprob, rollout_logprob, advantages, response_mask, low, high: (
+            icepop(logprob, rollout_logprob, low, high) | (advantages == 0) | ~response_mask
+        ),
+        "icepop",
+    ).empty
+
+    def geo_drop(logprob, rollout_logprob, advantages, response_mask, low, high):  # a drop mask, torch
+        n = response_mask.sum(-1, keepdim=True).clamp(min=1)
+        mean = torch.exp(((logprob - rollout_logprob) * response_mask).sum(-1, keepdim=True) / n)
+        return ((mean < low) | (mean > high)) & response_mask & (advantages != 0)
+
+    assert check_mask(geo_drop, "seq_geo_mask", output="drop", array="torch").empty
+    bad = check_mask(geo_drop, "seq_mis", output="drop", array="torch")
+    assert len(bad) > 0 and (bad["check"] == "seq_mis").all()

@@ -78,11 +78,12 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 "float64" (the default) is for implementations that compute in float64: rtol 1e-6, atol 1e-12.
 "float32" is for implementations that compute in float32, as most trainers do: rtol 1e-4, atol 1e-6. The
 reason: float32 carries about 7 significant digits (eps 1.2e-7), and a divergence is a sum of terms that
-cancel (Σ μ log μ/π over a set, 1 − Σ for the rest bucket), so a correct float32 Top-K KL is off by ~1.7e-7
-absolute on tokens whose KL is ~1e-4, which fails rtol 1e-6; a `+ 1e-8` inside the logs of a Binary KL (a
-common guard against log 0) shifts small KLs by ~4e-8. Both are far below any threshold a mask uses (≥ 1e-3),
-and the mask decisions themselves are checked exactly: every reference decision lies at least 1e-7
-(relative) away from its threshold, so float32 decides each token the same way.
+cancel (Σ μ log μ/π over a set, 1 − Σ for the rest bucket), so on these cases a correct float32 Top-K KL is
+off by up to 4.2e-7 absolute and a Binary KL with a `+ 1e-8` guard inside its logs by up to 1.0e-7 (printed
+by ``pytest -s tests/test_conformance.py -k tolerance``), which fails rtol 1e-6 on small values. Both are far
+below any threshold a mask uses (≥ 1e-3), and mask decisions are checked exactly: every reference decision
+lies at least 1e-7 (relative) away from its threshold, so float32 decides each token the same way. Tokens with
+μ(a) → 1 and an empty rest bucket are out of float32's reach (1 − μ rounds to 0) under any preset.
 """
 SENTINEL_LOGIT = -1e4
 _COLUMNS = [
@@ -517,7 +518,7 @@ def check_weights(
     sequence (a row's response tokens), r = π(a)/μ(a). `fn` is called with the accepted keywords of logprob,
     rollout_logprob, response_mask and cap, and returns `[B, T]` (or `[B]` for the sequence kinds). cap: the
     C to check (needed when `fn` takes no ``cap``); by default every cap the cases hold (2 and 3). Compared on
-    response tokens as in `check_divergence`.
+    response tokens as in `check_divergence`; disagreement rows carry C under ``high``.
     """
     _check_callable(fn)
     kind = check_choice("kind", kind, ref.WEIGHTS)
