@@ -1,11 +1,13 @@
-"""The conformance kit: the shipped cases equal a regeneration, the project's own masks and divergences pass,
-and typical small implementation differences are caught."""
+"""The conformance kit: the shipped cases equal a regeneration, the project's own masks, losses and divergences
+pass, losses written in each framework's style (prime-rl, verl, TRL, SkyRL, slime) pass check_loss while
+deliberately wrong variants fail, and bad input is refused with the argument named."""
 
 from __future__ import annotations
 
 import functools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -668,7 +670,7 @@ def test_cases_v1_stay_readable_and_the_v2_file_is_shipped():
     bad = check_mask(functools.partial(masks.trust_region_mask, "ppo"), "ppo", cases=v1)
     assert bad.empty and bad.attrs["checked"] > 100
     assert DATA_FILE.name == "cases_v2.json"
-    text = open("pyproject.toml").read()
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert '"cases_v1.json", "cases_v2.json"' in text
 
 
