@@ -327,8 +327,6 @@ def test_calibration_table_matched_delta_equalises_mask_rates():
         assert row.ppo_mask_rate == pytest.approx(target, abs=1e-12)
         c = critical_thresholds(batch, MaskSpec(row.method, 0, 0))
         assert (w * (c > row.matched_delta)).sum() / w.sum() <= target + 1e-12
-    low, high = matched_ppo_reference(batch, 0.2, 0.2)
-    assert 0.0 <= low and 0.0 <= high
 
 
 # ------------------------------------------------------------------------------------------ token batches
@@ -405,3 +403,46 @@ def test_bad_inputs_raise_with_clear_messages():
         run_analysis(dict(ANALYSIS_DEFAULTS, analysis="nope"), 0)
     with pytest.raises(ValueError, match="topk_sizes"):
         run_analysis(dict(ANALYSIS_DEFAULTS, topk_sizes="five"), 0)
+
+
+def _reference_matched_ppo(batch, ppo_low: float, ppo_high: float) -> tuple[float, float]:
+    """Per side, the smallest δ ≥ 0 at which the exact-TV rule drops no more (weighted) tokens than PPO at ε.
+
+    Written from the definitions in float64: PPO drops Â > 0 tokens with r − 1 > ε_high and Â < 0 tokens with
+    1 − r > ε_low (r = π(a)/μ(a)); exact TV drops Â > 0 tokens with TV(μ, π) > δ and π(a) > μ(a), Â < 0 tokens
+    with TV > δ and π(a) < μ(a). Rates are compared with a 1e-12 slack; δ is searched over 0 and every TV.
+    """
+    lmu, lpi = _logp(batch.rollout_logits), _logp(batch.logits)
+    tv = (0.5 * np.abs(np.exp(lmu) - np.exp(lpi)).sum(-1))[batch.state]
+    pi_a, mu_a = np.exp(batch.logprob), np.exp(batch.rollout_logprob)
+    r = pi_a / mu_a
+    out = []
+    for sign, eps in ((-1.0, ppo_low), (1.0, ppo_high)):
+        side = np.sign(batch.advantages) == sign
+        w = batch.weight[side]
+        if w.sum() == 0:
+            out.append(0.0)
+            continue
+        ppo_drop = (sign * (r - 1.0))[side] > eps
+        target = w[ppo_drop].sum() / w.sum()
+        outward = (pi_a > mu_a if sign > 0 else pi_a < mu_a)[side]
+        d = tv[side]
+        for delta in sorted({0.0, *d[outward & (d > 0)].tolist()}):
+            if w[outward & (d > delta)].sum() / w.sum() <= target + 1e-12:
+                out.append(delta)
+                break
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize(("ppo_low", "ppo_high"), [(0.2, 0.2), (0.1, 0.3)])
+def test_matched_ppo_reference_equals_a_direct_search(fresh_seed, ppo_low, ppo_high):
+    batch = make_token_batch(
+        fresh_seed, num_states=24, vocab_size=256, samples_per_state=16, topk_sizes=(4,), step_size=2.0
+    )
+    low, high = matched_ppo_reference(batch, ppo_low, ppo_high)
+    want_low, want_high = _reference_matched_ppo(batch, ppo_low, ppo_high)
+    assert low == pytest.approx(want_low, rel=1e-9, abs=1e-15)
+    assert high == pytest.approx(want_high, rel=1e-9, abs=1e-15)
+    assert low > 0 and high > 0  # PPO drops tokens on both sides of this batch: the match is not trivial
+    if ppo_low != ppo_high:  # each side uses its own ε: with the sides swapped the answer changes
+        assert (low, high) != _reference_matched_ppo(batch, ppo_high, ppo_low)

@@ -270,3 +270,92 @@ def test_zero_advantage_token_with_an_infinite_uncapped_ratio_does_not_poison_th
     )  # fmt: skip
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(lp.grad).all() and lp.grad[0, 1] == 0
+
+
+RECOMPUTE_THRESHOLDS = {
+    "ppo": (0.1, 0.2),
+    "ppo_relaxed": (0.1, 0.2),
+    "dppo_binary_tv": (0.05, 0.1),
+    "dppo_binary_kl": (0.02, 0.03),
+    "dppo_topk_tv": (0.05, 0.1),
+    "dppo_topk_kl": (0.02, 0.03),
+    "dppo_exact_tv": (0.05, 0.1),
+    "dppo_exact_kl": (0.02, 0.03),
+}
+
+
+def _anchor_drop(method, low, high, adv, lpi, lold, pi_logits, old_logits, ids):
+    """The docs/design.md §2 drop rule with π_old as the anchor, from the definitions in float64 numpy."""
+    pi_a, old_a = np.exp(lpi), np.exp(lold)
+    if method.startswith("ppo"):
+        drop = ref.ppo_drop(pi_a / old_a, adv, low, high)
+        return drop & (old_a >= 0.1) if method == "ppo_relaxed" else drop
+    shape = lpi.shape
+    flat_old, flat_pi = (
+        old_logits.reshape(-1, old_logits.shape[-1]),
+        pi_logits.reshape(-1, pi_logits.shape[-1]),
+    )
+    d = {
+        "dppo_binary_tv": lambda: np.abs(pi_a - old_a),
+        "dppo_binary_kl": lambda: ref.binary_kl(lold, lpi),
+        "dppo_topk_tv": lambda: ref.topk_tv(flat_old, flat_pi, ids.reshape(-1, ids.shape[-1])).reshape(shape),
+        "dppo_topk_kl": lambda: ref.topk_kl(flat_old, flat_pi, ids.reshape(-1, ids.shape[-1])).reshape(shape),
+        "dppo_exact_tv": lambda: ref.tv(flat_old, flat_pi).reshape(shape),
+        "dppo_exact_kl": lambda: ref.kl(flat_old, flat_pi).reshape(shape),
+    }[method]()
+    return ref.divergence_drop(d, pi_a, old_a, adv, low, high)
+
+
+@pytest.mark.parametrize("agg", AGGREGATIONS)
+@pytest.mark.parametrize("method", sorted(RECOMPUTE_THRESHOLDS))
+def test_recompute_anchor_gradient_equals_the_hand_formula(rng, method, agg):
+    """∂loss/∂log π(a_t) = −Â_t · min(r_t, C) · M_t / denominator, r = π/μ, M the mask against π_old (float64).
+
+    π_old and μ are drawn apart, so the anchor decides: some tokens the π_old mask drops the μ mask keeps and
+    the other way round; masked tokens get exactly zero gradient.
+    """
+    b, t, v, k = 16, 10, 7, 3
+    old_logits = rng.normal(0, 1.5, (b, t, v))
+    pi_logits = old_logits + 0.8 * rng.normal(size=(b, t, v))
+    mu_logits = old_logits + 0.8 * rng.normal(size=(b, t, v))
+    tokens = rng.integers(0, v, (b, t))
+    adv = rng.normal(size=b)
+    adv[0] = 0.0
+    lengths = rng.integers(1, t + 1, b)
+    lengths[1] = 0
+    resp = np.arange(t)[None, :] < lengths[:, None]
+    pick = lambda logits: np.take_along_axis(ref.logprobs(logits), tokens[..., None], -1)[..., 0]  # noqa: E731
+    lpi, lold, lmu = pick(pi_logits), pick(old_logits), pick(mu_logits)
+    ids = np.argsort(-ref.logprobs(mu_logits), axis=-1)[..., :k]  # the engine reports μ's top-K
+    low, high = RECOMPUTE_THRESHOLDS[method]
+    cap = 1.5
+
+    logprob = torch.tensor(lpi, requires_grad=True)
+    loss, _ = policy_loss(
+        method, logprob=logprob, rollout_logprob=torch.tensor(lmu), advantages=torch.tensor(adv),
+        response_mask=torch.tensor(resp), low=low, high=high, ratio_cap=cap, agg=agg,
+        old_logprob=torch.tensor(lold), old_logits=torch.tensor(old_logits), logits=torch.tensor(pi_logits),
+        topk_ids=torch.tensor(ids), rollout_topk_logprobs=torch.tensor(np.take_along_axis(ref.logprobs(mu_logits), ids, -1)),
+        rollout_logits=torch.tensor(mu_logits),
+    )  # fmt: skip
+    (grad,) = torch.autograd.grad(loss, logprob)
+
+    a = np.broadcast_to(adv[:, None], (b, t))
+    drop = _anchor_drop(method, low, high, a, lpi, lold, pi_logits, old_logits, ids)
+    keep = ~drop & resp
+    n_t = resp.sum(1)
+    if agg == "token-mean":
+        denominator = np.full((b, t), resp.sum(), dtype=np.float64)
+    else:
+        sequences = (n_t > 0).sum()
+        per_row = n_t if agg == "seq-mean-token-mean" else np.ones(b)
+        denominator = np.broadcast_to((sequences * np.maximum(per_row, 1))[:, None], (b, t))
+    want = -a * np.minimum(np.exp(lpi - lmu), cap) * keep / denominator
+    np.testing.assert_allclose(grad.numpy(), want, rtol=1e-10, atol=1e-14)
+
+    gets_grad = resp & (a != 0)
+    drop_mu = _anchor_drop(method, low, high, a, lpi, lmu, pi_logits, mu_logits, ids)
+    assert (drop & gets_grad).any() and (~drop & gets_grad).any()  # tokens masked by the anchor, and kept
+    assert (drop != drop_mu)[gets_grad].any()  # the π_old anchor differs from the μ anchor on this batch
+    assert (np.exp(lpi - lmu) > cap)[keep & gets_grad].any()  # the cap binds on kept tokens
+    assert np.all(grad.numpy()[drop & gets_grad] == 0.0)

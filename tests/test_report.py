@@ -29,7 +29,7 @@ from trustregion_lab.report import (
 )
 
 MU_EDGES = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 0.9, 0.99, 1.0)
-FRESH_SEED = int(np.random.SeedSequence().entropy % 2**31)
+FRESH = "fresh"  # a fixture parameter standing for the session's fresh seed (tests/conftest.py)
 
 
 # ------------------------------------------------------------------------------------ independent reference
@@ -174,9 +174,10 @@ def _read_prime_rl(export: Path) -> pd.DataFrame:
 # -------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", params=[0, FRESH_SEED], ids=["seed0", "fresh"])
-def prime_rl_run(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"prime_rl_{request.param}")
+@pytest.fixture(scope="module", params=[0, FRESH], ids=["seed0", "fresh"])
+def prime_rl_run(request, tmp_path_factory, session_seed):
+    seed = session_seed if request.param == FRESH else request.param
+    root = tmp_path_factory.mktemp(f"prime_rl_{seed}")
     export = write_prime_rl_export(
         root / "run",
         steps=5,
@@ -188,11 +189,11 @@ def prime_rl_run(request, tmp_path_factory):
         sigma_end=0.3,
         null_share=0.01,
         outlier_share=0.05,
-        seed=request.param,
+        seed=seed,
     )
     out = root / "report"
     run_report(export, out=out, progress=False)
-    return request.param, export, out
+    return seed, export, out
 
 
 def _random_table(seed: int, steps: int = 3, sequences: int = 12, length: int = 20, v: int = 12, k: int = 3):
@@ -231,10 +232,11 @@ def _random_table(seed: int, steps: int = 3, sequences: int = 12, length: int = 
     return frame
 
 
-@pytest.fixture(scope="module", params=[1, FRESH_SEED], ids=["seed1", "fresh"])
-def toy_run(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"toy_{request.param}")
-    frame = _random_table(request.param)
+@pytest.fixture(scope="module", params=[1, FRESH], ids=["seed1", "fresh"])
+def toy_run(request, tmp_path_factory, session_seed):
+    seed = session_seed if request.param == FRESH else request.param
+    root = tmp_path_factory.mktemp(f"toy_{seed}")
+    frame = _random_table(seed)
     for step, part in frame.groupby("step"):
         write_token_table(
             part.reset_index(drop=True),

@@ -158,7 +158,9 @@ def test_short_bandit_run_raises_the_correct_token_probability(variant):
     )
     start = problem.expected_reward(softmax(problem.initial_logits.astype(np.float64), axis=-1)).mean()
     table = BanditTrainer(config).train()
-    assert list(table.columns[: len(REQUIRED_COLUMNS)]) != [] and set(REQUIRED_COLUMNS) <= set(table.columns)
+    # the standard columns come first, in their documented order, each once; the required ones among them
+    assert list(table.columns[: len(ROW_COLUMNS)]) == list(ROW_COLUMNS) and table.columns.is_unique
+    assert set(REQUIRED_COLUMNS) <= set(ROW_COLUMNS)
     assert (table["variant"] == variant).all() and (table["method"] == VARIANTS[variant].method).all()
     assert table["step"].tolist() == list(range(1, 13))
     assert table["reward_expected"].iloc[-1] > 1.5 * start
@@ -550,3 +552,158 @@ def test_stability_presets_hold_the_papers_arms_and_both_engines():
     assert {k: v for k, v in long.defaults.items() if k not in ("min_length", "max_length")} == {
         k: v for k, v in study.defaults.items() if k not in ("min_length", "max_length")
     }
+
+
+# ------------------------------------------------------------------------- response mask and metric pooling
+class _ScriptedSampler:
+    """The trainer's sampler with the drawn tokens replaced by a script `[B, T]` (log μ(a) follows them)."""
+
+    def __init__(self, inner, script: np.ndarray) -> None:
+        self.inner, self.script, self.position = inner, script, 0
+
+    def sample(self, logits: torch.Tensor):
+        out = self.inner.sample(logits)
+        tokens = torch.as_tensor(self.script[:, self.position], device=out.tokens.device)
+        self.position += 1
+        logprob = torch.log_softmax(out.engine_logits.float(), -1).gather(-1, tokens[:, None])[:, 0]
+        return dataclasses.replace(out, tokens=tokens, logprob=logprob)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_sequence_response_mask_keeps_the_first_eos_and_drops_what_follows(tmp_path, rng):
+    trainer = SequenceTrainer(
+        _tiny_sequence(tmp_path, max_length=4, warm_start_steps=0, engine="none", steps=1)
+    )
+    task = trainer.task
+    rows, length, eos = (
+        trainer.config.prompts_per_step * trainer.config.group_size,
+        task.answer_length,
+        task.eos_id,
+    )
+    assert length >= 4
+    script = rng.integers(0, task.vocab_size, (rows, length))
+    script[script == eos] = eos + 1  # EOS only where placed below
+    for row in range(4, rows):  # random first EOS (or none), sometimes a second one later
+        first = int(rng.integers(0, length + 1))
+        if first < length:
+            script[row, first] = eos
+            if first + 1 < length and rng.random() < 0.5:
+                script[row, int(rng.integers(first + 1, length))] = eos
+    script[1, 0] = eos  # EOS first: a one-token response
+    script[2, length - 1] = eos  # EOS last
+    script[3, [1, 3]] = eos  # a second EOS is padding like any other token after the first
+    # row 0 has no EOS: decoding runs to the full answer length and the row is all response
+    trainer.sampler = _ScriptedSampler(trainer.sampler, script)
+    batch = trainer.collect()
+
+    np.testing.assert_array_equal(batch.tokens.cpu().numpy(), script)
+    want = np.zeros((rows, length), dtype=bool)
+    for row in range(rows):  # by hand: every position up to and including the first EOS
+        for position in range(length):
+            want[row, position] = True
+            if script[row, position] == eos:
+                break
+    np.testing.assert_array_equal(batch.response_mask.cpu().numpy(), want)
+    assert want[0].all() and want[1].sum() == 1 and want[2].all() and want[3].sum() == 2
+
+
+def _pooling_batch(rng: np.random.Generator, rows: int = 11, t: int = 10, v: int = 6):
+    """Trainer logits (a leaf) `[rows, t, v]` and a RolloutBatch of unequal lengths, Â of both signs and 0."""
+    from trustregion_lab.train.batch import RolloutBatch
+
+    z = torch.nn.Parameter(torch.tensor(rng.normal(0, 1.5, (rows, t, v)), dtype=torch.float32))
+    mu_logits = z.detach() + torch.tensor(rng.normal(0, 1.2, (rows, t, v)), dtype=torch.float32)
+    log_mu = torch.log_softmax(mu_logits, -1)
+    tokens = torch.tensor(rng.integers(0, v, (rows, t)))
+    lengths = rng.integers(1, t + 1, rows)
+    lengths[0] = 0  # an empty row
+    advantages = np.abs(rng.normal(size=rows)) * rng.permutation(np.resize([1.0, -1.0], rows))
+    advantages[1] = 0.0
+    advantages[2:4] = np.abs(advantages[2:4]) * [1.0, -1.0]  # both signs among the non-empty rows
+    ids = log_mu.topk(3, -1).indices
+    batch = RolloutBatch(
+        tokens=tokens,
+        rollout_logprob=log_mu.gather(-1, tokens[..., None])[..., 0],
+        rollout_logits=log_mu,
+        topk_ids=ids,
+        topk_logprobs=log_mu.gather(-1, ids),
+        response_mask=torch.tensor(np.arange(t)[None, :] < lengths[:, None]),
+        rewards=torch.zeros(rows),
+        advantages=torch.tensor(advantages, dtype=torch.float32),
+    )
+    return z, batch
+
+
+@pytest.mark.parametrize(("method", "low", "high"), [("dppo_binary_tv", 0.05, 0.1), ("ppo", 0.1, 0.3)])
+def test_update_pools_minibatch_metrics_into_whole_batch_token_means(rng, method, low, high):
+    """11 rows in 3 mini-batches (4, 4, 3 rows; unequal token counts), weights frozen (lr 0): every token
+    metric pools to its token-weighted mean over the whole batch, computed here in float64."""
+    from tests import reference as ref
+    from trustregion_lab.train.step import update
+    from trustregion_lab.train.variants import Variant
+
+    z, batch = _pooling_batch(rng)
+    before = z.detach().clone()
+    cap = 1.5
+    config = BanditConfig(num_minibatches=3, epochs=1, **TINY_BANDIT)
+    pooled = update(
+        lambda rows: z[rows],
+        batch,
+        optimizer=torch.optim.SGD([z], lr=0.0),
+        parameters=[z],
+        config=config,
+        variant=Variant(method, low, high, ratio_cap=cap),
+        rng=np.random.default_rng(int(rng.integers(2**31))),
+    )
+
+    # inputs as the loss sees them: log π(a) from the float32 forward, everything after it in float64
+    lp = torch.log_softmax(z.detach(), -1).gather(-1, batch.tokens[..., None])[..., 0].double().numpy()
+    lmu = batch.rollout_logprob.double().numpy()
+    resp = batch.response_mask.numpy()
+    adv = np.broadcast_to(batch.advantages.double().numpy()[:, None], resp.shape)
+    pos, neg = resp & (adv > 0), resp & (adv < 0)
+    r = np.exp(lp - lmu)
+    pi_a, mu_a = np.exp(lp), np.exp(lmu)
+    if method == "ppo":
+        drop = ref.ppo_drop(r, adv, low, high)
+    else:
+        drop = ref.divergence_drop(np.abs(pi_a - mu_a), pi_a, mu_a, adv, low, high)
+    clip = ref.ppo_drop(r, adv, low, high) if method == "ppo" else ref.ppo_drop(r, adv, 0.2, 0.2)
+    tv = ref.tv(batch.rollout_logits.double().numpy(), z.detach().double().numpy())
+    kl = ref.kl(batch.rollout_logits.double().numpy(), z.detach().double().numpy())
+    grad = pos | neg
+    want = {
+        "mask_frac": drop[grad].sum() / grad.sum(),
+        "mask_frac_pos": drop[pos].sum() / pos.sum(),
+        "mask_frac_neg": drop[neg].sum() / neg.sum(),
+        "ratio_clip_frac": clip[grad].sum() / grad.sum(),
+        "ratio_cap_frac": (r[resp] > cap).mean(),
+        "mismatch_k1": np.mean(-np.log(r[resp])),
+        "mismatch_k3": np.mean(r[resp] - 1 - np.log(r[resp])),
+        "chi2": np.mean((r[resp] - 1) ** 2),
+        "tv_exact": tv[resp].mean(),
+        "kl_exact": kl[resp].mean(),
+    }
+    assert 0 < want["mask_frac"] < 1 and 0 < want["ratio_cap_frac"] < 1  # the batch exercises the rules
+    for name, value in want.items():
+        assert pooled[name] == pytest.approx(float(value), rel=1e-6, abs=1e-9), name
+    assert torch.equal(z.detach(), before)  # lr 0: every mini-batch saw the weights the reference read
+
+
+def test_metric_pool_is_the_weighted_mean_and_maximum_of_what_was_added(rng):
+    from trustregion_lab.train.step import MetricPool
+
+    values = rng.normal(size=12)
+    weights = rng.integers(0, 5, 12).astype(float)  # zero weights are left out
+    values[[2, 7]] = np.nan  # NaN values are left out
+    pool = MetricPool(("mean", "max", "never"))
+    for value, weight in zip(values, weights):
+        pool.add("mean", float(value), float(weight))
+        pool.max("max", float(value))
+    keep = np.isfinite(values) & (weights > 0)
+    out = pool.result()
+    assert out["mean"] == pytest.approx((values[keep] * weights[keep]).sum() / weights[keep].sum(), rel=1e-12)
+    assert out["max"] == np.nanmax(values)
+    assert np.isnan(out["never"]) and list(out) == ["mean", "max", "never"]
