@@ -26,6 +26,7 @@ read as 0. Null and non-finite values are counted and left out of every statisti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,7 +122,8 @@ class TokenChunk:
     """Response tokens of one file, as float64 / int64 numpy arrays `[n]` (top-K arrays `[n, K]`).
 
     Only rows with response_mask True are kept. NaN marks a null or non-finite value. Top-K arrays pad unused
-    slots with id −1 and NaN log-probs. `source` names the file the rows came from (for error messages).
+    slots with id −1 and NaN log-probs. `source` names the file the rows came from (for error messages);
+    `locate(i)` describes the chunk's row i there ("file:line" or "file row n").
     """
 
     source: str
@@ -132,6 +134,11 @@ class TokenChunk:
     logprob: np.ndarray
     advantage: np.ndarray
     optional: dict[str, np.ndarray] = field(default_factory=dict)
+    locate: Callable[[int], str] | None = field(default=None, repr=False)
+
+    def where(self, i: int) -> str:
+        """Where row `i` of the chunk came from, for error messages."""
+        return self.locate(i) if self.locate is not None else f"{self.source} (response token {i})"
 
     def __len__(self) -> int:
         return int(self.step.shape[0])

@@ -190,11 +190,22 @@ def read_token_table(path: str | os.PathLike) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------- chunk building
 
 
-def _float(values: Any) -> np.ndarray:
-    """Float64 copy with NaN for null and non-finite values."""
+def _float(values: Any, name: str = "value", source: str = "") -> np.ndarray:
+    """Float64 copy with NaN for null and non-finite values; text or other non-numbers raise ReportInputError."""
     if isinstance(values, pa.Array | pa.ChunkedArray):
+        kind = values.type
+        if not (pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_null(kind)):
+            raise ReportInputError(f"{source}: column {name!r} must be numbers, got Arrow type {kind}")
         values = values.to_numpy(zero_copy_only=False)
-    arr = np.array(values, dtype=np.float64)
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "fiu" and not (arr.dtype == object and arr.size == 0):
+        if arr.dtype == object and all(v is None or isinstance(v, int | float) for v in arr.tolist()):
+            arr = np.array([np.nan if v is None else v for v in arr.tolist()], dtype=np.float64)
+        else:
+            raise ReportInputError(
+                f"{source}: column {name!r} must be numbers, got values of type {arr.dtype}"
+            )
+    arr = np.array(arr, dtype=np.float64)
     arr[~np.isfinite(arr)] = np.nan
     return arr
 
@@ -263,12 +274,70 @@ def _topk_columns(
     return padded
 
 
+_INT64_LIMIT = float(2**63)  # floats at or beyond ±2^63 do not fit int64
+
+
+def _mask_values(values: np.ndarray, locate: Callable[[int], str]) -> np.ndarray:
+    """response_mask as bool `[n]`: booleans, or numbers that are exactly 0 or 1 (anything else raises)."""
+    if values.dtype == np.bool_:
+        return values
+    if values.dtype.kind in "iuf":
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~np.isin(values, (0, 1)))
+        if bad.size:
+            raise ReportInputError(
+                f"{locate(int(bad[0]))}: column 'response_mask' must be true/false (or 0/1), "
+                f"found {values[bad[0]]!r}"
+            )
+        return values.astype(bool)
+    raise ReportInputError(
+        f"{locate(0)}: column 'response_mask' must be booleans (or 0/1), got values of type {values.dtype}"
+    )
+
+
+def _integer_values(
+    name: str, values: np.ndarray, rows: np.ndarray, locate: Callable[[int], str], minimum: int | None
+) -> np.ndarray:
+    """An integer column at the response rows as int64: floats must be whole and fit int64; `minimum` checked."""
+    picked = values[rows]
+    if picked.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(
+                ~np.isfinite(picked) | (picked != np.floor(picked)) | (np.abs(picked) >= _INT64_LIMIT)
+            )
+        if bad.size:
+            raise ReportInputError(
+                f"{locate(int(rows[bad[0]]))}: column {name!r} must hold integers, found {picked[bad[0]]!r}"
+            )
+        picked = picked.astype(np.int64)
+    elif picked.dtype.kind == "u":
+        if picked.size and picked.max() >= 2**63:
+            i = int(np.argmax(picked))
+            raise ReportInputError(f"{locate(int(rows[i]))}: column {name!r} is too large: {picked[i]}")
+        picked = picked.astype(np.int64)
+    elif picked.dtype.kind not in "i":
+        raise ReportInputError(
+            f"{locate(int(rows[0]) if rows.size else 0)}: column {name!r} must hold integers, "
+            f"got values of type {picked.dtype}"
+        )
+    picked = picked.astype(np.int64, copy=False)
+    if minimum is not None:
+        low = np.flatnonzero(picked < minimum)
+        if low.size:
+            raise ReportInputError(
+                f"{locate(int(rows[low[0]]))}: column {name!r} must be >= {minimum}, found {picked[low[0]]}"
+            )
+    return picked
+
+
 def build_chunk(
     columns: Mapping[str, Any], source: str, locate: Callable[[int], str] | None = None
 ) -> TokenChunk:
     """Columns of one batch of rows (numpy arrays or Arrow arrays) → `TokenChunk` of its response tokens.
 
     `locate(i)` describes row i of the batch for error messages (e.g. "file:line 12"); default "source row i".
+    Checked here, for every reader: response_mask holds booleans or exactly 0 / 1 (every row); on response
+    rows step, sequence and position are whole numbers that fit int64, step and position >= 0.
     """
     locate = locate or (lambda i: f"{source} row {i}")
     for name in REQUIRED_COLUMNS:
@@ -283,27 +352,32 @@ def build_chunk(
                 raise ReportInputError(f"{locate(first)}: column {name!r} must not be null")
             values = values.to_numpy(zero_copy_only=False)
         ints[name] = np.asarray(values)
-    keep = ints["response_mask"].astype(bool)
+    keep = _mask_values(ints["response_mask"], locate)
     rows = np.flatnonzero(keep)
+    checked = {
+        name: _integer_values(name, ints[name], rows, locate, minimum)
+        for name, minimum in (("step", 0), ("sequence", None), ("position", 0))
+    }
     optional: dict[str, np.ndarray] = {}
     for name in _CHUNK_OPTIONAL:
         if name in columns and columns[name] is not None:
-            optional[name] = _float(columns[name])[rows]
+            optional[name] = _float(columns[name], name, source)[rows]
     if all(c in columns and columns[c] is not None for c in LIST_COLUMNS):
         optional |= _topk_columns(columns, rows, locate)
     chunk = TokenChunk(
         source=source,
-        step=ints["step"][rows].astype(np.int64),
-        sequence=ints["sequence"][rows].astype(np.int64),
-        position=ints["position"][rows].astype(np.int64),
-        rollout_logprob=_float(columns["rollout_logprob"])[rows],
-        logprob=_float(columns["logprob"])[rows],
-        advantage=_float(columns["advantage"])[rows],
+        step=checked["step"],
+        sequence=checked["sequence"],
+        position=checked["position"],
+        rollout_logprob=_float(columns["rollout_logprob"], "rollout_logprob", source)[rows],
+        logprob=_float(columns["logprob"], "logprob", source)[rows],
+        advantage=_float(columns["advantage"], "advantage", source)[rows],
         optional=optional,
+        locate=lambda i: locate(int(rows[i])),
     )
     for name in LOGPROB_COLUMNS:
         values = getattr(chunk, name, None) if name in ("rollout_logprob", "logprob") else chunk.get(name)
-        if values is None:
+        if values is None or values.size == 0:
             continue
         with np.errstate(invalid="ignore"):
             bad = np.flatnonzero((values > LOGPROB_TOLERANCE).reshape(values.shape[0], -1).any(axis=1))
