@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from trustregion_lab.report.pipeline import analyse, write_report
+from trustregion_lab.report.pipeline import analyse, check_out_folder, write_report
 from trustregion_lab.report.schema import ReportInputError
 from trustregion_lab.report.sources import FORMATS, open_source
 
@@ -45,9 +45,10 @@ def run_report(
     path: str | Path, *, fmt: str = "auto", out: str | Path | None = None, progress: bool | None = None
 ) -> list[Path]:
     """Analyse the export at `path` and write the report into `out` (default `default_out`) → written paths."""
+    target = check_out_folder(Path(out) if out is not None else default_out(Path(path)), path)
     source = open_source(path, fmt)
     tables = analyse(source, progress=progress)
-    return write_report(tables, Path(out) if out is not None else default_out(Path(path)))
+    return write_report(tables, target)
 
 
 def _parser() -> argparse.ArgumentParser:

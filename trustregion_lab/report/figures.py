@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from trustregion_lab._io import atomic_write_with
 
-__all__ = ["DPI", "draw_figures"]
+__all__ = ["DPI", "draw_report_figures"]
 
 DPI = 120
 _MU_AXIS = "μ(a): rollout probability of the sampled token"
@@ -144,7 +144,7 @@ def plot_sequence_is(sequence_is: pd.DataFrame) -> Figure:
     return fig
 
 
-def draw_figures(tables: Mapping[str, pd.DataFrame], out: Path) -> list[Path]:
+def draw_report_figures(tables: Mapping[str, pd.DataFrame], out: Path) -> list[Path]:
     """Draw every figure whose table has rows into `out` → the PNG paths."""
     plots = [
         ("mask_rates.png", "summary", plot_mask_rates),

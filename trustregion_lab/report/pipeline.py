@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trustregion_lab._io import atomic_write_csv, atomic_write_text
+from trustregion_lab._io import TMP_SUFFIX, atomic_write_csv, atomic_write_text, check_writable_folder
 from trustregion_lab._validate import check_int
 from trustregion_lab.report.maskstats import ConfusionStats, MatchedStats, SummaryStats
 from trustregion_lab.report.mismatch import GroupStats, SequenceStats, position_bucket
-from trustregion_lab.report.schema import ReportInputError
+from trustregion_lab.report.schema import ReportInputError, TokenChunk
 from trustregion_lab.report.sources import BATCH_TOKENS, TokenSource
 from trustregion_lab.report.view import MaskSpec, TokenView
 
-__all__ = ["DEFAULT_SPECS", "ReportTables", "analyse", "write_report"]
+__all__ = ["DEFAULT_SPECS", "REPORT_FILES", "ReportTables", "analyse", "check_out_folder", "write_report"]
 
 _R, _C = "rollout", "recompute"
 DEFAULT_SPECS: tuple[MaskSpec, ...] = (
@@ -74,6 +76,56 @@ def _needed_column(spec_or_method: MaskSpec | str) -> str | None:
         if key in method:
             return column
     return None
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 `[n]` (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class RowKeys:
+    """Finds a (step, sequence, position) that occurs twice among the response rows of a stream of chunks.
+
+    Each row is kept as a 64-bit hash of its key, in sorted runs merged like a binary counter (memory 8 bytes
+    per response token, time O(n log² n)). Two different keys share a hash with probability about
+    n² / 2^65 (3e-6 at 10 M tokens), so a report would be refused in error that rarely and never passes a
+    repeated row.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def add(self, chunk: TokenChunk) -> None:
+        """Raise ReportInputError naming the row when one of `chunk`'s keys was seen (in it or before)."""
+        if len(chunk) == 0:
+            return
+        u = np.uint64
+        keys = _mix(_mix(_mix(chunk.step.astype(u)) ^ chunk.sequence.astype(u)) ^ chunk.position.astype(u))
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        twice = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if twice.size:
+            self._refuse(chunk, int(order[twice[0] + 1]), f"as {chunk.where(int(order[twice[0]]))} does")
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, ordered), run.shape[0] - 1)
+            hit = np.flatnonzero(run[at] == ordered)
+            if hit.size:
+                self._refuse(chunk, int(order[hit[0]]), "as an earlier row does")
+        self.runs.append(ordered)
+        while len(self.runs) > 1 and self.runs[-1].shape[0] >= self.runs[-2].shape[0]:
+            last = self.runs.pop()
+            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")
+
+    @staticmethod
+    def _refuse(chunk: TokenChunk, i: int, other: str) -> None:
+        raise ReportInputError(
+            f"{chunk.where(i)}: (step {chunk.step[i]}, sequence {chunk.sequence[i]}, position "
+            f"{chunk.position[i]}) occurs twice among the response tokens ({other}); each token must appear "
+            "once, or it would be counted twice"
+        )
 
 
 @dataclass
@@ -137,9 +189,12 @@ def _analyse(
     counts |= {"null_old_logprob": 0, "zero_advantage": 0, "invalid_topk": 0}
     steps: set[int] = set()
     positions: set[int] = set()
+    keys = RowKeys() if source.format != "prime-rl" else None  # prime-rl: ids unique by construction
     for chunk in source.chunks(progress=progress, batch_tokens=batch_tokens):
         if len(chunk) == 0:
             continue
+        if keys is not None:
+            keys.add(chunk)
         view = TokenView(chunk)
         seen |= set(chunk.optional)
         counts["response_tokens"] += len(chunk)
@@ -197,6 +252,7 @@ def _analyse(
         "optional_columns": ", ".join(sorted(seen)),
         "notes": " ".join(source.notes),
         **counts,
+        **{k: int(v) for k, v in source.counts.items()},
     }
     return ReportTables(
         summary=summary_table,
@@ -217,24 +273,92 @@ def _drop_absent(table: pd.DataFrame, present) -> pd.DataFrame:
     return table[keep].reset_index(drop=True)
 
 
+REPORT_FILES: frozenset[str] = frozenset(
+    [f"{name}.csv" for name in ReportTables.TABLES]
+    + ["report.md", "mask_rates.png", "mismatch_by_step.png", "masks_by_mu.png", "mismatch_by_position.png"]
+    + ["sequence_is.png"]
+)
+
+
+def _old_name(out: Path) -> Path:
+    return out.parent / f".{out.name}.old{TMP_SUFFIX}"
+
+
+def check_out_folder(out: str | os.PathLike, export: str | os.PathLike | None = None) -> Path:
+    """Check the report's output folder before any work → its resolved path (ReportInputError otherwise).
+
+    Refused: `out` inside the `export` (a later run would read the report as input), `out` holding the export
+    (the report replaces `out` whole), a file, a folder holding anything but a previous report's files
+    (`REPORT_FILES`), or a place this process cannot write. A swap a killed report left half done is put
+    back first, and temporary folders of killed reports are removed.
+    """
+    out = Path(out).resolve()
+    old = _old_name(out)
+    if old.is_dir() and not out.exists():
+        os.replace(old, out)  # killed between the two renames of `write_report`: the previous report returns
+    if export is not None:
+        export = Path(export).resolve()
+        if out == export or (export.is_dir() and out.is_relative_to(export)):
+            raise ReportInputError(
+                f"--out {out} lies inside the export {export}: a later report would read it as input; "
+                "choose a folder outside it"
+            )
+        if export.is_relative_to(out):
+            raise ReportInputError(f"--out {out} holds the export {export}; choose a folder beside it")
+    if out.exists():
+        if not out.is_dir():
+            raise ReportInputError(f"--out {out} is a file, expected a folder")
+        others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES)
+        if others:
+            raise ReportInputError(
+                f"--out {out} holds files that are not a report's ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}); the report replaces its folder whole: choose an empty "
+                "or new folder, or a previous report's"
+            )
+    try:
+        check_writable_folder(out.parent, "--out")
+    except ValueError as err:
+        raise ReportInputError(str(err)) from None
+    if out.parent.is_dir():
+        for stale in out.parent.glob(f".{out.name}.*{TMP_SUFFIX}"):
+            if stale != old and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+    return out
+
+
 def write_report(tables: ReportTables, out: str | os.PathLike, *, figures: bool = True) -> list[Path]:
     """Write the CSV tables, the figures (drawn from the written tables) and report.md into `out` → paths.
 
-    Every file is written to a temporary name and renamed (`trustregion_lab._io`).
+    Everything is written into a temporary folder beside `out`, which then replaces `out` whole: a report that
+    fails or is killed leaves the previous report as it was (`check_out_folder` runs first).
     """
     from trustregion_lab.report.card import render_card
-    from trustregion_lab.report.figures import draw_figures
+    from trustregion_lab.report.figures import draw_report_figures
 
-    out = Path(out)
-    written = []
-    for name in ReportTables.TABLES:
-        path = out / f"{name}.csv"
-        atomic_write_csv(path, getattr(tables, name))
-        written.append(path)
-    read_back = {name: pd.read_csv(out / f"{name}.csv") for name in ReportTables.TABLES}
-    pictures = draw_figures(read_back, out) if figures else []
-    written += pictures
-    card = out / "report.md"
-    atomic_write_text(card, render_card(read_back, tables.inputs, [p.name for p in pictures]))
-    written.append(card)
-    return written
+    out = check_out_folder(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=TMP_SUFFIX))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(work, 0o777 & ~mask)
+        names = []
+        for name in ReportTables.TABLES:
+            atomic_write_csv(work / f"{name}.csv", getattr(tables, name))
+            names.append(f"{name}.csv")
+        read_back = {name: pd.read_csv(work / f"{name}.csv") for name in ReportTables.TABLES}
+        pictures = draw_report_figures(read_back, work) if figures else []
+        names += [p.name for p in pictures]
+        atomic_write_text(
+            work / "report.md", render_card(read_back, tables.inputs, [p.name for p in pictures])
+        )
+        names.append("report.md")
+        old = _old_name(out)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(_old_name(out), ignore_errors=True)
+    return [out / name for name in names]

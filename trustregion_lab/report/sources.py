@@ -114,10 +114,15 @@ def _walk(root: Path) -> list[Path]:
             f"{bad.filename}: cannot read this folder below {root} ({bad.strerror or bad}); "
             "every file of an export must be readable"
         )
-    unreadable = [f for f in files if f.is_file() and not os.access(f, os.R_OK)]
+    broken = [f for f in files if not f.is_file()]
+    if broken:
+        raise ReportInputError(
+            f"{broken[0]}: not a readable file (a broken link?); every file must be readable"
+        )
+    unreadable = [f for f in files if not os.access(f, os.R_OK)]
     if unreadable:
         raise ReportInputError(f"{unreadable[0]}: cannot read this file (permission denied)")
-    return sorted(f for f in files if f.is_file())
+    return sorted(files)
 
 
 def _by_format(files: list[Path]) -> dict[str, list[Path]]:

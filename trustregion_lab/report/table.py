@@ -42,6 +42,7 @@ from trustregion_lab.report.schema import (
 
 __all__ = [
     "build_chunk",
+    "check_export_folder",
     "json_lines",
     "read_token_table",
     "to_arrow",
@@ -78,6 +79,34 @@ def token_table_path(folder: str | os.PathLike, step: int) -> Path:
     if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
         raise TypeError(f"step must be an int >= 0, got {step!r}")
     return Path(folder) / f"step_{int(step):06d}.parquet"
+
+
+def check_export_folder(folder: str | os.PathLike, *, first_step: int = 1) -> Path:
+    """Check a folder a trainer is about to export per-token tables into → its path.
+
+    The folder must be new, empty, or hold only this run's own tables of steps before `first_step` (a run
+    resumed from a checkpoint at step `first_step` − 1). Anything else — another run's tables, tables of the
+    steps this run will write, other files — raises ValueError naming the folder and a file, so two runs are
+    never mixed in one export (the report would count both).
+    """
+    folder = Path(folder)
+    if isinstance(first_step, bool) or not isinstance(first_step, int | np.integer) or first_step < 0:
+        raise TypeError(f"first_step must be an int >= 0, got {first_step!r}")
+    if not folder.exists():
+        return folder
+    if not folder.is_dir():
+        raise ValueError(f"--export-tokens {folder} is a file, expected a folder")
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        stem = name[len("step_") : -len(".parquet")] if name.startswith("step_") else ""
+        earlier = name.endswith(".parquet") and stem.isdigit() and int(stem) < first_step
+        if not earlier and not name.startswith("."):
+            what = "a token table of another run (or of a step this run will write)" if stem else "a file"
+            raise ValueError(
+                f"--export-tokens {folder} already holds {what}: {name}; the report would mix two runs: "
+                "export into a new or empty folder"
+            )
+    return folder
 
 
 def _list_array(values: Any, name: str, n: int) -> pa.Array:

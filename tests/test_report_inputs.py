@@ -1,0 +1,350 @@
+"""The report card's input handling: every file read or the run refused, no row counted twice, out-of-range
+values rejected with their file and line or row, prime-rl's current export schema, and the output folder
+replaced whole (docs/design.md §8)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from trustregion_lab.report import (
+    ReportInputError,
+    analyse,
+    main,
+    open_source,
+    run_report,
+    token_table_path,
+    write_prime_rl_export,
+    write_token_table,
+)
+from trustregion_lab.report.table import check_export_folder
+
+SEED = int(np.random.SeedSequence().entropy % 2**31)
+
+
+def _table(seed: int = 0, steps: int = 2, sequences: int = 3, length: int = 6) -> pd.DataFrame:
+    """A small valid token table (float64 log-probs from a random softmax)."""
+    rng = np.random.default_rng(seed)
+    n = steps * sequences * length
+    lmu = -rng.exponential(1.0, n)
+    return pd.DataFrame(
+        {
+            "step": np.repeat(np.arange(steps), sequences * length),
+            "sequence": np.repeat(np.arange(steps * sequences), length),
+            "position": np.tile(np.arange(length), steps * sequences),
+            "token_id": rng.integers(0, 100, n),
+            "rollout_logprob": lmu,
+            "logprob": np.minimum(lmu + rng.normal(0, 0.3, n), 0.0),
+            "advantage": np.repeat(rng.choice([-1.0, 1.0], steps * sequences), length),
+            "response_mask": np.ones(n, bool),
+        }
+    )
+
+
+def _cli_error(capsys, *args) -> str:
+    assert main([*map(str, args), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+# ------------------------------------------------------------------------------------ every file accounted for
+
+
+def test_unreadable_subfolder_is_named_not_skipped(tmp_path, capsys, monkeypatch):
+    write_token_table(_table(), tmp_path / "run" / "step_000000.parquet")
+    (tmp_path / "run" / "more").mkdir()
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kw):  # as os.walk reports a folder it may not list (root reads everything)
+        for folder, subs, names in real_walk(top, **kw):
+            if folder.endswith("more"):
+                onerror(PermissionError(13, "Permission denied", folder))
+                continue
+            yield folder, subs, names
+
+    monkeypatch.setattr("trustregion_lab.report.sources.os.walk", walk)
+    err = _cli_error(capsys, tmp_path / "run", "--out", tmp_path / "out")
+    assert "more" in err and "cannot read this folder" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders of any mode")
+def test_unreadable_subfolder_by_mode(tmp_path, capsys):
+    write_token_table(_table(), tmp_path / "run" / "step_000000.parquet")
+    (tmp_path / "run" / "more").mkdir(mode=0)
+    try:
+        assert "more" in _cli_error(capsys, tmp_path / "run", "--out", tmp_path / "out")
+    finally:
+        (tmp_path / "run" / "more").chmod(0o755)
+
+
+def test_broken_link_and_mixed_formats_are_refused(tmp_path, capsys):
+    frame = _table()
+    write_token_table(frame, tmp_path / "run" / "step_000000.parquet")
+    (tmp_path / "run" / "step_000001.parquet").symlink_to(tmp_path / "gone.parquet")
+    assert "step_000001.parquet" in _cli_error(capsys, tmp_path / "run", "--out", tmp_path / "out")
+    (tmp_path / "run" / "step_000001.parquet").unlink()
+    frame.assign(step=5).to_csv(tmp_path / "run" / "late.csv", index=False)
+    err = _cli_error(capsys, tmp_path / "run", "--out", tmp_path / "out")
+    assert "several formats" in err and "1 *.csv" in err and "1 *.parquet" in err
+    source = open_source(tmp_path / "run", "parquet")  # an explicit format reads it and notes the rest
+    assert source.files == (tmp_path / "run" / "step_000000.parquet",) and "late.csv" in source.notes[0]
+    tables = analyse(source, progress=False)
+    assert "late.csv" in tables.inputs["notes"]
+
+
+# ------------------------------------------------------------------------------------ duplicates and ranges
+
+
+def test_duplicate_rows_are_refused_within_and_across_files(tmp_path, capsys):
+    frame = _table(SEED)
+    twice = pd.concat([frame, frame.iloc[[7]]], ignore_index=True)
+    pq.write_table(pa.Table.from_pandas(twice, preserve_index=False), tmp_path / "a.parquet")
+    err = _cli_error(capsys, tmp_path / "a.parquet", "--out", tmp_path / "out")
+    row = len(frame)
+    assert f"a.parquet row {row}" in err and "occurs twice" in err and "a.parquet row 7" in err
+    write_token_table(frame, tmp_path / "two" / "step_000000.parquet")
+    write_token_table(frame.iloc[[3]], tmp_path / "two" / "step_000001.parquet")
+    err = _cli_error(capsys, tmp_path / "two", "--out", tmp_path / "out")
+    assert "step_000001.parquet row 0" in err and "occurs twice" in err
+    # streaming in small batches finds a repeat across chunks of one file
+    pq.write_table(pa.Table.from_pandas(twice, preserve_index=False), tmp_path / "b.parquet")
+    with pytest.raises(ReportInputError, match=rf"b\.parquet row {row}: .*occurs twice"):
+        analyse(open_source(tmp_path / "b.parquet"), progress=False, batch_tokens=5)
+    # prompt rows (response_mask false) may repeat: they are not tokens of the report
+    prompt = frame.iloc[[0, 0]].assign(response_mask=False, position=-1)
+    pq.write_table(
+        pa.Table.from_pandas(pd.concat([frame, prompt]), preserve_index=False), tmp_path / "c.parquet"
+    )
+    assert analyse(open_source(tmp_path / "c.parquet"), progress=False).inputs["response_tokens"] == len(
+        frame
+    )
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+@pytest.mark.parametrize(
+    ("column", "value", "words"),
+    [
+        ("step", 1e20, "must hold integers"),
+        ("step", 1.7, "must hold integers"),
+        ("step", -1, "must be >= 0"),
+        ("position", -2, "must be >= 0"),
+        ("response_mask", 0.5, "response_mask"),
+        ("response_mask", 2, "response_mask"),
+    ],
+)
+def test_out_of_range_values_name_their_row(tmp_path, capsys, fmt, column, value, words):
+    frame = _table(1).astype({column: object})
+    frame.at[4, column] = value
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+        where = "t.csv row 4"
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in frame.to_dict("records")))
+        where = "t.jsonl:5"
+    else:
+        frame[column] = frame[column].astype(float)
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+        where = "t.parquet row 4"
+    err = _cli_error(capsys, path, "--out", tmp_path / "out")
+    assert where in err and column in err and words in err
+
+
+def test_text_in_numeric_columns_is_an_error_not_a_null(tmp_path, capsys):
+    frame = _table(2).astype({"logprob": object})
+    frame.at[5, "logprob"] = "-0.3x"
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    err = _cli_error(capsys, tmp_path / "t.csv", "--out", tmp_path / "out")
+    assert "t.csv row 5" in err and "'logprob'" in err and "-0.3x" in err
+    frame.at[5, "logprob"] = "-0.3"  # a number written as a JSON string is text too
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in frame.to_dict("records")))
+    assert "t.jsonl:6" in _cli_error(capsys, tmp_path / "t.jsonl", "--out", tmp_path / "out")
+    strings = _table(2).astype({"logprob": str})
+    pq.write_table(pa.Table.from_pandas(strings, preserve_index=False), tmp_path / "s.parquet")
+    err = _cli_error(capsys, tmp_path / "s.parquet", "--out", tmp_path / "out")
+    assert "s.parquet" in err and "'logprob'" in err and "numbers" in err
+
+
+def test_csv_mask_words_empty_and_damaged_files(tmp_path, capsys):
+    frame = _table(3)
+    words = frame.assign(response_mask=np.where(frame["response_mask"], "True", "false"))
+    words.loc[2, "response_mask"] = "false"
+    words.to_csv(tmp_path / "w.csv", index=False)
+    tables = analyse(open_source(tmp_path / "w.csv"), progress=False)
+    assert tables.inputs["response_tokens"] == len(frame) - 1
+    words.loc[3, "response_mask"] = "maybe"
+    words.to_csv(tmp_path / "w.csv", index=False)
+    err = _cli_error(capsys, tmp_path / "w.csv", "--out", tmp_path / "out")
+    assert "w.csv row 3" in err and "maybe" in err
+    (tmp_path / "e.csv").write_text("")
+    assert "e.csv" in _cli_error(capsys, tmp_path / "e.csv", "--out", tmp_path / "out")
+    (tmp_path / "e.parquet").write_bytes(b"")
+    assert "e.parquet" in _cli_error(capsys, tmp_path / "e.parquet", "--out", tmp_path / "out")
+    write_token_table(frame, tmp_path / "d.parquet")
+    data = (tmp_path / "d.parquet").read_bytes()
+    (tmp_path / "d.parquet").write_bytes(data[:8] + bytes(len(data) // 2) + data[8 + len(data) // 2 :])
+    assert "d.parquet" in _cli_error(capsys, tmp_path / "d.parquet", "--out", tmp_path / "out")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "x.parquet").write_bytes(b"PAR1")  # damaged, found in a folder
+    assert "x.parquet" in _cli_error(capsys, tmp_path / "dir", "--out", tmp_path / "out")
+
+
+def test_no_response_rows_is_a_one_line_error(tmp_path, capsys):
+    frame = _table(4).assign(response_mask=False)
+    write_token_table(frame, tmp_path / "none.parquet")
+    err = _cli_error(capsys, tmp_path / "none.parquet", "--out", tmp_path / "out")
+    assert "none.parquet" in err and "no response tokens" in err
+
+
+# ------------------------------------------------------------------------------------ the output folder
+
+
+def _prime(tmp_path: Path, name: str = "run", steps: int = 2, **kw) -> Path:
+    return write_prime_rl_export(
+        tmp_path / name, steps=steps, ranks=1, sequences_per_rank=3, min_length=8, max_length=12, **kw
+    )
+
+
+def test_a_failed_report_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    export = _prime(tmp_path)
+    out = tmp_path / "report"
+    run_report(export, out=out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr("trustregion_lab.report.card.render_card", broken)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        run_report(_prime(tmp_path, "other", steps=3, seed=9), out=out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "report", "run"]  # no stray temporary
+
+
+def test_a_report_killed_mid_swap_or_mid_write_is_recovered(tmp_path):
+    export = _prime(tmp_path)
+    out = tmp_path / "report"
+    run_report(export, out=out, progress=False)
+    before = sorted(p.name for p in out.iterdir())
+    out.rename(tmp_path / ".report.old.tmp")  # killed between moving the old report away and the new in
+    (tmp_path / ".report.k2x9.tmp").mkdir()  # and a killed writer's temporary folder
+    (tmp_path / ".report.k2x9.tmp" / "summary.csv").write_text("half")
+    assert main([str(export), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "run"]
+
+
+def test_out_folder_checked_before_the_analysis(tmp_path, capsys, monkeypatch):
+    export = _prime(tmp_path)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the analysis ran before the output folder was checked")
+
+    monkeypatch.setattr("trustregion_lab.report.cli.analyse", never)
+    err = _cli_error(capsys, export, "--out", export / "report")
+    assert "inside the export" in err
+    err = _cli_error(capsys, export, "--out", tmp_path)
+    assert "holds the export" in err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    err = _cli_error(capsys, export, "--out", tmp_path / "mine")
+    assert "notes.txt" in err and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("")
+    assert "is a file" in _cli_error(capsys, export, "--out", tmp_path / "file")
+
+
+def test_export_tokens_folder_of_another_run_is_refused(tmp_path):
+    folder = tmp_path / "tokens"
+    assert check_export_folder(folder) == folder  # new
+    write_token_table(_table(), token_table_path(folder, 1))
+    with pytest.raises(ValueError, match=r"step_000001\.parquet.*mix two runs"):
+        check_export_folder(folder)
+    check_export_folder(folder, first_step=2)  # a run resumed after step 1 continues its own export
+    (folder / "notes.txt").write_text("")
+    with pytest.raises(ValueError, match=r"notes\.txt"):
+        check_export_folder(folder, first_step=2)
+
+
+def test_train_cli_refuses_an_export_folder_of_another_run(tmp_path, capsys):
+    from trustregion_lab.train.cli import main as train_main
+
+    write_token_table(_table(), token_table_path(tmp_path / "tokens", 1))
+    with pytest.raises(SystemExit) as info:
+        train_main(["bandit", "--steps", "1", "--export-tokens", str(tmp_path / "tokens")])
+    assert info.value.code == 2 and "mix two runs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ prime-rl schema
+
+
+def _edit_records(export: Path, edit) -> None:
+    for path in sorted(export.glob("**/rank_*.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        records = [r for r in (edit(r, i) for i, r in enumerate(records)) if r is not None]
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_prime_rl_sft_records_and_loss_channels_are_left_out_and_counted(tmp_path):
+    export = _prime(tmp_path)
+    base = analyse(open_source(export), progress=False)
+    sft_tokens = []
+
+    def edit(record, index):
+        record["env"] = record.pop("env_name")  # today's name
+        record.pop("rewards", None)
+        if index == 0:
+            record["training_mode"] = "sft"
+            sft_tokens.append(sum(record["loss_mask"]))
+        elif index == 1:  # per-token loss channels: the last response token belongs to another loss only
+            mask = record["loss_mask"]
+            record["losses"] = [
+                {"rl": {"advantage": a, "mask": m}} for a, m in zip(record["advantages"], mask)
+            ]
+            record["losses"][-1] = {"sft": {"advantage": None, "mask": True}}
+        return record
+
+    _edit_records(export, edit)
+    tables = analyse(open_source(export), progress=False)
+    assert tables.inputs["sft_records"] == 2 and tables.inputs["sft_tokens"] == sum(sft_tokens)
+    assert tables.inputs["non_rl_tokens"] == 2
+    assert tables.inputs["response_tokens"] == base.inputs["response_tokens"] - sum(sft_tokens) - 2
+
+
+def test_prime_rl_multi_run_folder_is_refused(tmp_path, capsys):
+    _prime(tmp_path / "out" / "run_a", name="x")
+    _prime(tmp_path / "out" / "run_b", name="x")
+    err = _cli_error(capsys, tmp_path / "out", "--out", tmp_path / "report")
+    assert "2 runs" in err and "run_a" in err and "run_b" in err
+
+
+def test_prime_rl_in_progress_step_without_any_stable_marker_is_skipped(tmp_path):
+    export = _prime(tmp_path, steps=3)
+    for marker in export.glob("*/STABLE"):
+        marker.unlink()
+    partial = export / "step_3" / "rank_0.jsonl"
+    partial.write_text(partial.read_text()[:-40])  # the writer is in the middle of a line
+    source = open_source(export)
+    assert "step_3" in source.notes[0] and "half-written" in source.notes[0]
+    assert analyse(source, progress=False).inputs["steps"] == 2
+    earlier = export / "step_1" / "rank_0.jsonl"  # a half line in an earlier step is damage, not progress
+    earlier.write_text(earlier.read_text()[:-40])
+    with pytest.raises(ReportInputError, match=r"step_1/rank_0\.jsonl:3"):
+        analyse(open_source(export), progress=False)
+
+
+def test_prime_rl_record_written_twice_is_refused(tmp_path):
+    export = _prime(tmp_path, steps=1)
+    path = export / "step_1" / "rank_0.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(ReportInputError, match=r"rank_0\.jsonl:4: .*repeats line 2"):
+        analyse(open_source(export), progress=False)
