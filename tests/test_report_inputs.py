@@ -348,3 +348,50 @@ def test_prime_rl_record_written_twice_is_refused(tmp_path):
     path.write_text("\n".join([*lines, lines[1]]) + "\n")
     with pytest.raises(ReportInputError, match=r"rank_0\.jsonl:4: .*repeats line 2"):
         analyse(open_source(export), progress=False)
+
+
+# ------------------------------------------------------------------------------------ the mask registry
+
+
+def test_report_masks_come_from_the_registry_with_min_anchor_prob(monkeypatch, tmp_path):
+    """ppo_relaxed (min_anchor_prob 0.1) and a method registered at run time, against numpy float64."""
+    from trustregion_lab import masks
+    from trustregion_lab.report.pipeline import ReportMask
+    from trustregion_lab.report.table import build_chunk
+    from trustregion_lab.report.view import TokenView
+
+    print("seed", SEED)
+    frame = _table(SEED, steps=1, sequences=40, length=25)
+    frame.loc[::7, "advantage"] = 0.0
+    chunk = build_chunk({c: frame[c].to_numpy() for c in frame.columns}, "t")
+    lp, lmu, adv = (
+        frame["logprob"].to_numpy(),
+        frame["rollout_logprob"].to_numpy(),
+        frame["advantage"].to_numpy(),
+    )
+    r = np.exp(lp - lmu)
+    graded = adv != 0
+    relaxed = np.exp(lmu) >= 0.1
+    want_c = np.where(graded & relaxed, np.where(adv > 0, r - 1.0, 1.0 - r), -np.inf)
+    members, c = TokenView(chunk).critical("ppo_relaxed")
+    np.testing.assert_array_equal(members, graded)
+    np.testing.assert_allclose(c, want_c, rtol=1e-12)
+    _, drop = TokenView(chunk).drop(ReportMask("ppo_relaxed", 0.2, 0.2))
+    np.testing.assert_array_equal(
+        drop, graded & relaxed & (((adv > 0) & (r > 1.2)) | ((adv < 0) & (r < 0.8)))
+    )
+
+    def squared(x):  # D = (π(a) − μ(a))², a method that exists only in this test
+        return (x.logprob.double().exp() - x.anchor_logprob.double().exp()) ** 2
+
+    monkeypatch.setitem(masks.METHODS, "dummy_sq", masks.MaskMethod("divergence", squared, "tv"))
+    d = (np.exp(lp) - np.exp(lmu)) ** 2
+    outward = ((adv > 0) & (lp > lmu)) | ((adv < 0) & (lp < lmu))
+    members, c = TokenView(chunk).critical("dummy_sq")
+    np.testing.assert_allclose(c, np.where(graded & outward, d, -np.inf), rtol=1e-12)
+    write_token_table(frame, tmp_path / "t.parquet")
+    tables = analyse(
+        open_source(tmp_path / "t.parquet"), progress=False, specs=[ReportMask("dummy_sq", 0.01, 0.01)]
+    )
+    row = tables.summary.iloc[0]
+    assert row["method"] == "dummy_sq" and row["dropped"] == int((graded & outward & (d > 0.01)).sum())

@@ -24,7 +24,7 @@ from trustregion_lab.report.schema import (
 from trustregion_lab.report.sources import FORMATS, TokenSource, open_source
 from trustregion_lab.report.synthetic import write_prime_rl_export
 from trustregion_lab.report.table import read_token_table, to_arrow, token_table_path, write_token_table
-from trustregion_lab.report.view import MaskSpec
+from trustregion_lab.report.view import ReportMask
 
 __all__ = [
     "DEFAULT_SPECS",
@@ -35,8 +35,8 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "TOKEN_COLUMNS",
-    "MaskSpec",
     "ReportInputError",
+    "ReportMask",
     "ReportTables",
     "TokenChunk",
     "TokenSource",

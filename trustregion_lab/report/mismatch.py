@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from trustregion_lab.report.names import framework_metric
-from trustregion_lab.report.view import MaskSpec, TokenView
+from trustregion_lab.report.view import ReportMask, TokenView
 
 __all__ = ["CAPS", "GroupStats", "SequenceStats", "position_bucket"]
 
@@ -58,7 +58,7 @@ def position_bucket(position: np.ndarray) -> np.ndarray:
 class GroupStats:
     """Mismatch sums per integer group key (step, or position bucket) plus the mask rates of `specs`."""
 
-    def __init__(self, specs: Sequence[MaskSpec]) -> None:
+    def __init__(self, specs: Sequence[ReportMask]) -> None:
         self.specs = list(specs)
         self.width = len(_SUMS) + 2 * len(self.specs)
         self.sums: dict[int, np.ndarray] = {}
@@ -108,7 +108,7 @@ class GroupStats:
                 store = self.maxes.setdefault(int(key), np.full(len(_MAXES), -np.inf))
                 store[j] = max(store[j], best[i])
 
-    def metrics(self, key: int) -> list[tuple[str, MaskSpec | None, float, float]]:
+    def metrics(self, key: int) -> list[tuple[str, ReportMask | None, float, float]]:
         """(metric, spec or None, value, denominator) for one group."""
         s = dict(zip(_SUMS, self.sums[key][: len(_SUMS)]))
         mx = dict(zip(_MAXES, self.maxes[key]))

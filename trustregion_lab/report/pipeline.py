@@ -1,6 +1,6 @@
 """One streaming pass over a token export → the report's tables (`analyse`), and writing them (`write_report`).
 
-Masks of the summary (docs/design.md §2, thresholds as `MaskSpec`s): `ppo` 0.2/0.2 and 0.2/0.28, `dppo_binary_tv`
+Masks of the summary (docs/design.md §2, thresholds as `ReportMask`s): `ppo` 0.2/0.2 and 0.2/0.28, `dppo_binary_tv`
 0.15/0.15 and 0.2/0.2, `dppo_binary_kl` 0.05/0.05 on the rollout anchor; the Top-K methods at the same δ when the
 table has top-K columns; `dppo_exact_tv` / `dppo_exact_kl` from tv_exact / kl_exact when present; and the
 ppo / binary masks again on the recompute anchor when old_logprob exists. Rows whose inputs never appear in
@@ -27,34 +27,34 @@ from trustregion_lab.report.maskstats import ConfusionStats, MatchedStats, Summa
 from trustregion_lab.report.mismatch import GroupStats, SequenceStats, position_bucket
 from trustregion_lab.report.schema import ReportInputError, TokenChunk
 from trustregion_lab.report.sources import BATCH_TOKENS, TokenSource
-from trustregion_lab.report.view import MaskSpec, TokenView
+from trustregion_lab.report.view import ReportMask, TokenView, needed_column
 
 __all__ = ["DEFAULT_SPECS", "REPORT_FILES", "ReportTables", "analyse", "check_out_folder", "write_report"]
 
 _R, _C = "rollout", "recompute"
-DEFAULT_SPECS: tuple[MaskSpec, ...] = (
-    MaskSpec("ppo", 0.2, 0.2),
-    MaskSpec("ppo", 0.2, 0.28),
-    MaskSpec("dppo_binary_tv", 0.15, 0.15),
-    MaskSpec("dppo_binary_tv", 0.2, 0.2),
-    MaskSpec("dppo_binary_kl", 0.05, 0.05),
-    MaskSpec("dppo_topk_tv", 0.15, 0.15),
-    MaskSpec("dppo_topk_tv", 0.2, 0.2),
-    MaskSpec("dppo_topk_kl", 0.05, 0.05),
-    MaskSpec("dppo_exact_tv", 0.15, 0.15),
-    MaskSpec("dppo_exact_tv", 0.2, 0.2),
-    MaskSpec("dppo_exact_kl", 0.05, 0.05),
-    MaskSpec("ppo", 0.2, 0.2, _C),
-    MaskSpec("ppo", 0.2, 0.28, _C),
-    MaskSpec("dppo_binary_tv", 0.15, 0.15, _C),
-    MaskSpec("dppo_binary_tv", 0.2, 0.2, _C),
-    MaskSpec("dppo_binary_kl", 0.05, 0.05, _C),
+DEFAULT_SPECS: tuple[ReportMask, ...] = (
+    ReportMask("ppo", 0.2, 0.2),
+    ReportMask("ppo", 0.2, 0.28),
+    ReportMask("dppo_binary_tv", 0.15, 0.15),
+    ReportMask("dppo_binary_tv", 0.2, 0.2),
+    ReportMask("dppo_binary_kl", 0.05, 0.05),
+    ReportMask("dppo_topk_tv", 0.15, 0.15),
+    ReportMask("dppo_topk_tv", 0.2, 0.2),
+    ReportMask("dppo_topk_kl", 0.05, 0.05),
+    ReportMask("dppo_exact_tv", 0.15, 0.15),
+    ReportMask("dppo_exact_tv", 0.2, 0.2),
+    ReportMask("dppo_exact_kl", 0.05, 0.05),
+    ReportMask("ppo", 0.2, 0.2, _C),
+    ReportMask("ppo", 0.2, 0.28, _C),
+    ReportMask("dppo_binary_tv", 0.15, 0.15, _C),
+    ReportMask("dppo_binary_tv", 0.2, 0.2, _C),
+    ReportMask("dppo_binary_kl", 0.05, 0.05, _C),
 )
-MATCH_PPO: tuple[MaskSpec, ...] = (
-    MaskSpec("ppo", 0.1, 0.1),
-    MaskSpec("ppo", 0.2, 0.2),
-    MaskSpec("ppo", 0.2, 0.28),
-    MaskSpec("ppo", 0.3, 0.3),
+MATCH_PPO: tuple[ReportMask, ...] = (
+    ReportMask("ppo", 0.1, 0.1),
+    ReportMask("ppo", 0.2, 0.2),
+    ReportMask("ppo", 0.2, 0.28),
+    ReportMask("ppo", 0.3, 0.3),
 )
 MATCH_METHODS = (
     "dppo_binary_tv",
@@ -64,18 +64,13 @@ MATCH_METHODS = (
     "dppo_exact_tv",
     "dppo_exact_kl",
 )
-CONFUSION = (MaskSpec("ppo", 0.2, 0.2), MaskSpec("dppo_binary_tv", 0.15, 0.15))
-_NEEDS = {"topk": "topk_ids", "exact_tv": "tv_exact", "exact_kl": "kl_exact"}
+CONFUSION = (ReportMask("ppo", 0.2, 0.2), ReportMask("dppo_binary_tv", 0.15, 0.15))
 
 
-def _needed_column(spec_or_method: MaskSpec | str) -> str | None:
-    method = spec_or_method if isinstance(spec_or_method, str) else spec_or_method.method
-    if isinstance(spec_or_method, MaskSpec) and spec_or_method.anchor == _C:
-        return "old_logprob"
-    for key, column in _NEEDS.items():
-        if key in method:
-            return column
-    return None
+def _needed_column(spec_or_method: ReportMask | str) -> str | None:
+    if isinstance(spec_or_method, str):
+        return needed_column(spec_or_method)
+    return needed_column(spec_or_method.method, spec_or_method.anchor)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -162,7 +157,7 @@ def analyse(
     source: TokenSource,
     *,
     progress: bool | None = None,
-    specs: Sequence[MaskSpec] = DEFAULT_SPECS,
+    specs: Sequence[ReportMask] = DEFAULT_SPECS,
     batch_tokens: int = BATCH_TOKENS,
 ) -> ReportTables:
     """Stream `source` once, `batch_tokens` rows at a time, and return every table.
@@ -176,7 +171,7 @@ def analyse(
 
 
 def _analyse(
-    source: TokenSource, progress: bool | None, specs: list[MaskSpec], batch_tokens: int
+    source: TokenSource, progress: bool | None, specs: list[ReportMask], batch_tokens: int
 ) -> ReportTables:
     summary = SummaryStats(specs)
     confusion = ConfusionStats(*CONFUSION)
@@ -220,7 +215,7 @@ def _analyse(
             f"{source.path}: the export holds no response tokens (loss_mask / response_mask all false)"
         )
 
-    def present(item: MaskSpec | str) -> bool:
+    def present(item: ReportMask | str) -> bool:
         needed = _needed_column(item)
         return needed is None or needed in seen
 
@@ -267,7 +262,7 @@ def _analyse(
 
 def _drop_absent(table: pd.DataFrame, present) -> pd.DataFrame:
     keep = [
-        not method or present(MaskSpec(method, low, high, anchor))
+        not method or present(ReportMask(method, low, high, anchor))
         for method, low, high, anchor in zip(table["method"], table["low"], table["high"], table["anchor"])
     ]
     return table[keep].reset_index(drop=True)
