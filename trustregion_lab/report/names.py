@@ -41,10 +41,10 @@ METRICS: dict[str, str] = {
 # framework → {(metric, method, low, high) or (metric,): (their name, note)}
 FRAMEWORK_METRICS: dict[str, dict[tuple, tuple[str, str]]] = {
     "prime-rl": {
-        ("mismatch_k3",): ("mismatch_kl/mean", "k3 of π/μ; prime-rl averages per sample first"),
+        ("mismatch_k3",): ("mismatch_kl/all/mean", "k3 of π/μ; prime-rl's token mean over all ranks"),
         ("mask_frac", "dppo_binary_tv", 0.2, 0.2): (
             "is_masked/mean",
-            "prime-rl's default DPPO mask; its denominator includes Â = 0 tokens",
+            "prime-rl's default DPPO mask; a mean of per-sample shares whose denominators count Â = 0 tokens",
         ),
     },
     "verl": {

@@ -29,7 +29,15 @@ from trustregion_lab.report.schema import ReportInputError, TokenChunk
 from trustregion_lab.report.sources import BATCH_TOKENS, TokenSource
 from trustregion_lab.report.view import ReportMask, TokenView, needed_column
 
-__all__ = ["DEFAULT_SPECS", "REPORT_FILES", "ReportTables", "analyse", "check_out_folder", "write_report"]
+__all__ = [
+    "DEFAULT_SPECS",
+    "REPORT_FILES",
+    "ReportTables",
+    "analyse",
+    "check_out_folder",
+    "on_low_precision_grid",
+    "write_report",
+]
 
 _R, _C = "rollout", "recompute"
 DEFAULT_SPECS: tuple[ReportMask, ...] = (
@@ -71,6 +79,28 @@ def _needed_column(spec_or_method: ReportMask | str) -> str | None:
     if isinstance(spec_or_method, str):
         return needed_column(spec_or_method)
     return needed_column(spec_or_method.method, spec_or_method.anchor)
+
+
+_GRID_COLUMNS = ("rollout_logprob", "logprob")
+GRID_MIN_ABS = 1e-3  # log-probs nearer 0 are left out of the grid test (many grids hold them exactly)
+
+
+def on_low_precision_grid(values: np.ndarray) -> tuple[int, int, int]:
+    """(checked, on the bfloat16 grid, on the float16 grid) counts of finite log-probs with |x| >= GRID_MIN_ABS.
+
+    A float64 value lies on the bfloat16 grid when it is a float32 whose low 16 bits are zero (bfloat16 keeps
+    8 significant bits: spacing 2^(e − 7) for |x| in [2^e, 2^(e+1)), 0.0625 for |x| in [8, 16)); on the float16
+    grid when float16 holds it exactly (11 significant bits).
+    """
+    x = values[np.isfinite(values) & (np.abs(values) >= GRID_MIN_ABS)]
+    if x.size == 0:
+        return 0, 0, 0
+    x32 = x.astype(np.float32)
+    exact32 = x32.astype(np.float64) == x
+    bf16 = exact32 & ((x32.view(np.uint32) & np.uint32(0xFFFF)) == 0)
+    with np.errstate(over="ignore"):
+        fp16 = x.astype(np.float16).astype(np.float64) == x
+    return int(x.size), int(bf16.sum()), int(fp16.sum())
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -181,7 +211,11 @@ def _analyse(
     sequences = SequenceStats()
     seen: set[str] = set()
     counts = dict.fromkeys(("response_tokens", "null_rollout_logprob", "null_logprob", "null_advantage"), 0)
-    counts |= {"null_old_logprob": 0, "zero_advantage": 0, "invalid_topk": 0}
+    counts |= {"null_old_logprob": 0, "zero_advantage": 0, "invalid_topk": 0, "null_any": 0}
+    counts |= {"identical_logprob": 0, "finite_logprob_pairs": 0}
+    counts |= {f"{name}_{grid}": 0 for name in _GRID_COLUMNS for grid in ("checked", "bf16", "fp16")}
+    counts |= {"is_weight_tokens": 0, "is_weight_zero": 0, "is_weight_above_1": 0}
+    is_weight_max = -np.inf
     steps: set[int] = set()
     positions: set[int] = set()
     keys = RowKeys() if source.format != "prime-rl" else None  # prime-rl: ids unique by construction
@@ -197,6 +231,21 @@ def _analyse(
         counts["null_logprob"] += int(np.isnan(chunk.logprob).sum())
         counts["null_advantage"] += int((~view.adv_ok).sum())
         counts["zero_advantage"] += int((view.adv_ok & (chunk.advantage == 0)).sum())
+        counts["null_any"] += int((~(view.ok & view.adv_ok)).sum())  # tokens, each counted once
+        counts["finite_logprob_pairs"] += int(view.ok.sum())
+        counts["identical_logprob"] += int((view.ok & (chunk.logprob == chunk.rollout_logprob)).sum())
+        for name in _GRID_COLUMNS:
+            checked, bf16, fp16 = on_low_precision_grid(getattr(chunk, name))
+            counts[f"{name}_checked"] += checked
+            counts[f"{name}_bf16"] += bf16
+            counts[f"{name}_fp16"] += fp16
+        weight = chunk.get("is_weight")
+        if weight is not None:
+            finite = weight[np.isfinite(weight)]
+            counts["is_weight_tokens"] += int(finite.size)
+            counts["is_weight_zero"] += int((finite == 0).sum())
+            counts["is_weight_above_1"] += int((finite > 1).sum())
+            is_weight_max = max(is_weight_max, float(finite.max(initial=-np.inf)))
         if chunk.get("old_logprob") is not None:
             counts["null_old_logprob"] += int(np.isnan(chunk.get("old_logprob")).sum())
         if chunk.get("topk_ids") is not None:
@@ -249,6 +298,8 @@ def _analyse(
         **counts,
         **{k: int(v) for k, v in source.counts.items()},
     }
+    if counts["is_weight_tokens"]:
+        inputs["is_weight_max"] = is_weight_max
     return ReportTables(
         summary=summary_table,
         by_mu=by_mu,

@@ -14,6 +14,9 @@ Optional columns:
     old_logprob      float  log π_old(a), the trainer's recomputed log-prob before the update (recompute anchor)
     entropy          float  entropy of the trainer's π(·|s) in nats
     reward           float  the sequence's reward, repeated on its tokens
+    is_weight        float  the framework's own importance weight applied to the token's loss (TRL's
+                            importance_sampling_ratio: per token, or the sequence's weight repeated on its
+                            tokens; 0 where its mask mode dropped the token, the cap where it truncated)
     group, env       int or str   prompt group / environment label
     tv_exact         float  exact TV(μ(·|s), π(·|s)) of the token's state (toys only: full distributions)
     kl_exact         float  exact KL(μ‖π) of the token's state (toys only)
@@ -59,6 +62,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "old_logprob",
     "entropy",
     "reward",
+    "is_weight",
     "group",
     "env",
     "tv_exact",
@@ -76,6 +80,7 @@ FLOAT_COLUMNS: tuple[str, ...] = (
     "old_logprob",
     "entropy",
     "reward",
+    "is_weight",
     "tv_exact",
     "kl_exact",
 )
