@@ -395,3 +395,109 @@ def test_report_masks_come_from_the_registry_with_min_anchor_prob(monkeypatch, t
     )
     row = tables.summary.iloc[0]
     assert row["method"] == "dummy_sq" and row["dropped"] == int((graded & outward & (d > 0.01)).sum())
+
+
+# ------------------------------------------------------------------------------------ what the card says
+
+
+def _card(tmp_path: Path, frame: pd.DataFrame, name: str, source: str | None = None) -> str:
+    write_token_table(frame, tmp_path / name / "step_000000.parquet", source=source)
+    run_report(tmp_path / name, out=tmp_path / f"{name}_report", progress=False)
+    return (tmp_path / f"{name}_report" / "report.md").read_text()
+
+
+def test_null_count_counts_tokens_once(tmp_path):
+    frame = _table(5, steps=1, sequences=4, length=10)
+    frame.loc[[1, 2, 3], ["rollout_logprob", "logprob"]] = np.nan  # three tokens, two null fields each
+    frame.loc[[7, 8], "advantage"] = np.nan
+    tables = analyse(open_source(_write(tmp_path, frame)), progress=False)
+    assert tables.inputs["null_any"] == 5 and tables.inputs["null_rollout_logprob"] == 3
+    card = _card(tmp_path, frame, "nulls")
+    assert f"5 of {len(frame)} response tokens" in card and "What to do" in card
+
+
+def _write(tmp_path: Path, frame: pd.DataFrame) -> Path:
+    path = tmp_path / "t.parquet"
+    write_token_table(frame, path)
+    return path
+
+
+def test_identical_logprobs_are_said_not_reported_as_zero_mismatch(tmp_path):
+    from trustregion_lab.report import from_verl
+
+    frame = _table(6)
+    card = _card(tmp_path, frame.assign(logprob=frame["rollout_logprob"]), "bypass", source="verl")
+    assert "π(a) = μ(a) exactly on all" in card and "bypass" in card
+    assert "π(a) = μ(a) exactly" not in _card(tmp_path, frame, "normal", source="verl")
+    rng = np.random.default_rng(SEED)
+    lmu = -rng.exponential(1.0, (3, 5))
+    batch = {
+        "responses": rng.integers(0, 9, (3, 5)),
+        "response_mask": np.ones((3, 5), bool),
+        "rollout_log_probs": lmu,
+        "old_log_probs": lmu.copy(),
+        "advantages": rng.normal(size=(3, 5)),
+    }
+    with pytest.warns(UserWarning, match="bypass"):
+        from_verl(batch, step=0)
+
+
+def test_low_precision_grid_is_noted(tmp_path):
+    import torch
+
+    from trustregion_lab.report.pipeline import on_low_precision_grid
+
+    frame = _table(7, steps=1, sequences=20, length=10)
+    frame["rollout_logprob"] = -np.random.default_rng(SEED).uniform(0.01, 14.0, len(frame))
+    rounded = torch.tensor(frame["rollout_logprob"].to_numpy()).to(torch.bfloat16).double().numpy()
+    # the bfloat16 grid spacing at |x| in [8, 16) is 0.0625 (8 significant bits)
+    big = np.abs(rounded) >= 8
+    np.testing.assert_array_equal(np.round(rounded[big] / 0.0625), rounded[big] / 0.0625)
+    checked, bf16, fp16 = on_low_precision_grid(rounded)
+    assert checked == bf16 == len(frame) and fp16 >= bf16 - 5
+    card = _card(tmp_path, frame.assign(rollout_logprob=rounded), "bf16")
+    assert "bfloat16 grid" in card and "0.0625" in card
+    assert "low-precision grid" not in _card(tmp_path, frame, "f64")
+
+
+def test_trl_importance_weights_and_one_sided_cap(tmp_path):
+    """TRL's sequence weight and action_mask are read; the card leads with the share above the cap."""
+    from trustregion_lab.report import from_trl
+
+    rng = np.random.default_rng(SEED)
+    b, t = 8, 12
+    sampling = -rng.exponential(0.5, (b, t))
+    old = sampling - 0.2  # every sequence's weight exp(Σ −0.2) is far below 1/3, none above 3
+    mask = np.ones((b, t), int)
+    mask[:, -2:] = 0
+    action = np.ones((b, t), int)
+    action[0, 3] = 0
+    ratio = np.exp(((old - sampling) * mask * action).sum(-1, keepdims=True))
+    ratio[[1, 2]] = 0.0  # as TRL's sequence_mask mode writes dropped sequences
+    inputs = {
+        "completion_ids": rng.integers(0, 50, (b, t)),
+        "completion_mask": mask,
+        "action_mask": action,
+        "sampling_per_token_logps": sampling,
+        "old_per_token_logps": old,
+        "advantages": rng.choice([-1.0, 1.0], b),
+        "importance_sampling_ratio": ratio,
+    }
+    frame = from_trl(inputs, step=0)
+    assert len(frame) == int((mask * action).sum()) and "is_weight" in frame
+    np.testing.assert_allclose(frame.groupby("sequence")["is_weight"].first().to_numpy(), ratio[:, 0])
+    card = _card(tmp_path, frame, "trl", source="trl")
+    zero = 2 * (t - 2) - 0  # sequences 1 and 2, every response token
+    assert f"are 0 on {100 * zero / len(frame):.1f} %" in card
+    assert "touches 0.0 % of sequences (product weight above 3; TRL's cap" in card
+    assert "two-sided sequence mask at [1/3, 3] would drop 100.0 %" in card
+    assert "before this step's updates" in card and "per_token_logps=" in card
+
+
+def test_card_says_which_pi_the_table_holds(tmp_path):
+    export = _prime(tmp_path)
+    run_report(export, out=tmp_path / "p", progress=False)
+    assert "inside the loss (prime-rl's trainer_logprobs)" in (tmp_path / "p" / "report.md").read_text()
+    frame = _table(8)
+    card = _card(tmp_path, frame.assign(old_logprob=np.minimum(frame["logprob"] - 0.01, 0.0)), "rec")
+    assert "`old_logprob` the recomputed π_old" in card
