@@ -125,7 +125,8 @@ def _sequence(sequence_is: pd.DataFrame, framework: str) -> str | None:
     r = rows.iloc[0]
     token = sequence_is[(sequence_is["level"] == "token") & (sequence_is["cap"] == 3.0)].iloc[0]
     who = (
-        "TRL's cap (vllm_importance_sampling_cap) acts on this side only"
+        "TRL's cap (vllm_importance_sampling_clip_max, formerly _cap) acts on this side only unless a "
+        "clip_min is set"
         if framework == "trl"
         else "TRL's cap and truncated IS act on this side only"
     )

@@ -354,7 +354,8 @@ def check_out_folder(out: str | os.PathLike, export: str | os.PathLike | None = 
     if out.exists():
         if not out.is_dir():
             raise ReportInputError(f"--out {out} is a file, expected a folder")
-        others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES)
+        stale = [p for p in out.iterdir() if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)]
+        others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES and p not in stale)
         if others:
             raise ReportInputError(
                 f"--out {out} holds files that are not a report's ({', '.join(others[:3])}"
