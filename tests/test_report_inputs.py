@@ -501,3 +501,17 @@ def test_card_says_which_pi_the_table_holds(tmp_path):
     frame = _table(8)
     card = _card(tmp_path, frame.assign(old_logprob=np.minimum(frame["logprob"] - 0.01, 0.0)), "rec")
     assert "`old_logprob` the recomputed π_old" in card
+
+
+def test_a_source_analysed_twice_counts_its_skipped_records_once(tmp_path):
+    export = _prime(tmp_path, steps=1)
+
+    def sft(record, index):
+        if index == 0:
+            record["training_mode"] = "sft"
+        return record
+
+    _edit_records(export, sft)
+    source = open_source(export)
+    first = analyse(source, progress=False).inputs["sft_records"]
+    assert first == 1 and analyse(source, progress=False).inputs["sft_records"] == first

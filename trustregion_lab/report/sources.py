@@ -48,7 +48,11 @@ class TokenSource:
     def chunks(
         self, *, progress: bool | None = None, batch_tokens: int = BATCH_TOKENS
     ) -> Iterator[TokenChunk]:
-        """Stream every file's response tokens. progress: True / False / None (= only on a terminal)."""
+        """Stream every file's response tokens. progress: True / False / None (= only on a terminal).
+
+        `counts` restarts at each call, so a source streamed twice counts once.
+        """
+        self.counts.clear()
         by_rows = self.format == "parquet"
         total = (
             sum(parquet_rows(f) for f in self.files)
