@@ -515,3 +515,34 @@ def test_a_source_analysed_twice_counts_its_skipped_records_once(tmp_path):
     source = open_source(export)
     first = analyse(source, progress=False).inputs["sft_records"]
     assert first == 1 and analyse(source, progress=False).inputs["sft_records"] == first
+
+
+def test_prime_rl_is_masked_flag_is_read_and_compared_with_the_default_mask(tmp_path):
+    export = _prime(tmp_path, steps=2, outlier_share=0.3, seed=SEED)
+    flipped = []
+
+    def flip(record, index):
+        if index == 1:
+            first = record["loss_mask"].index(True)
+            record["is_masked"][first] = not record["is_masked"][first]
+            flipped.append(record["advantages"][first] != 0)
+        return record
+
+    _edit_records(export, flip)
+    tables = analyse(open_source(export), progress=False)
+    flags, zero = [], 0
+    for path in sorted(export.glob("**/rank_*.jsonl")):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            for m, f, a in zip(r["loss_mask"], r["is_masked"], r["advantages"]):
+                if m:
+                    flags.append(f)
+                    zero += int(f and a == 0)
+    assert (
+        tables.inputs["framework_flagged"] == sum(flags)
+        and tables.inputs["framework_flagged_zero_adv"] == zero
+    )
+    assert tables.inputs["framework_disagree"] == sum(flipped)  # 1 per edited record with Â ≠ 0, else 0
+    rows = tables.by_step[tables.by_step["metric"] == "framework_mask_frac"]
+    assert set(rows["source_metric"]) == {"is_masked/mean"}
+    np.testing.assert_allclose((rows["value"] * rows["tokens"]).sum(), sum(flags), rtol=1e-12)

@@ -154,6 +154,22 @@ def _is_weight(inputs: Mapping[str, object]) -> str | None:
     )
 
 
+def _framework_flag(inputs: Mapping[str, object]) -> str | None:
+    n = int(inputs.get("framework_flagged_tokens", 0) or 0)
+    if not n:
+        return None
+    flagged, zero = int(inputs.get("framework_flagged", 0)), int(inputs.get("framework_flagged_zero_adv", 0))
+    compared, disagree = int(inputs.get("framework_compared", 0)), int(inputs.get("framework_disagree", 0))
+    return (
+        f"The framework's own mask flag (prime-rl's is_masked) marks {flagged:,} of {n:,} response tokens "
+        f"({_pct(flagged / n)}), {zero:,} of them with Â = 0 (its rule judges those on the Â < 0 side, and its "
+        "is_masked/mean averages per sample over every loss token, so it is not the report's mask rate). On "
+        f"the {compared:,} tokens with Â ≠ 0 it differs from the report's Binary TV 0.2/0.2 mask (prime-rl's "
+        f"default) on {disagree:,}. What to do: if that count is not near 0, the run used other thresholds "
+        "or another loss than the default; compare with summary.csv's rows."
+    )
+
+
 def _anchors(summary: pd.DataFrame) -> str | None:
     ppo = summary[(summary["method"] == "ppo") & (summary["low"] == 0.2) & (summary["high"] == 0.2)]
     if set(ppo["anchor"]) != {"rollout", "recompute"}:
@@ -225,6 +241,7 @@ def verdicts(tables: Mapping[str, pd.DataFrame], inputs: Mapping[str, object]) -
         _matched(tables["matched_delta"]),
         _sequence(tables["sequence_is"], framework),
         _is_weight(inputs),
+        _framework_flag(inputs),
         _anchors(tables["summary"]),
         _grid(inputs),
         _null(inputs),

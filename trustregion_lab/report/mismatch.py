@@ -45,6 +45,8 @@ _SUMS = (
     "h",
     "n_rw",
     "rw",
+    "n_fm",
+    "fm",
 )
 _MAXES = ("abs_max", "max", "neg_min", "lpabs_max")  # neg_min stores max(−(π − μ)) = −min
 
@@ -85,7 +87,14 @@ class GroupStats:
             "r2": r * r,
             "cap": ok & (r > RATIO_CAP),
         }
-        for name, short in (("tv_exact", "tv"), ("kl_exact", "kl"), ("entropy", "h"), ("reward", "rw")):
+        pairs = (
+            ("tv_exact", "tv"),
+            ("kl_exact", "kl"),
+            ("entropy", "h"),
+            ("reward", "rw"),
+            ("framework_masked", "fm"),
+        )
+        for name, short in pairs:
             column = c.get(name)
             has = np.isfinite(column) if column is not None else np.zeros(view.n, dtype=bool)
             columns[f"n_{short}"] = has
@@ -138,6 +147,7 @@ class GroupStats:
             ("kl_exact", "n_kl", "kl"),
             ("entropy", "n_h", "h"),
             ("reward", "n_rw", "rw"),
+            ("framework_mask_frac", "n_fm", "fm"),
         ):
             if s[count]:
                 out.append((metric, None, s[total] / s[count], s[count]))

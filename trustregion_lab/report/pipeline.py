@@ -73,6 +73,7 @@ MATCH_METHODS = (
     "dppo_exact_kl",
 )
 CONFUSION = (ReportMask("ppo", 0.2, 0.2), ReportMask("dppo_binary_tv", 0.15, 0.15))
+FRAMEWORK_MASK = ReportMask("dppo_binary_tv", 0.2, 0.2)  # prime-rl's default loss mask (its is_masked flag)
 
 
 def _needed_column(spec_or_method: ReportMask | str) -> str | None:
@@ -215,6 +216,8 @@ def _analyse(
     counts |= {"identical_logprob": 0, "finite_logprob_pairs": 0}
     counts |= {f"{name}_{grid}": 0 for name in _GRID_COLUMNS for grid in ("checked", "bf16", "fp16")}
     counts |= {"is_weight_tokens": 0, "is_weight_zero": 0, "is_weight_above_1": 0}
+    counts |= {"framework_flagged_tokens": 0, "framework_flagged": 0, "framework_flagged_zero_adv": 0}
+    counts |= {"framework_compared": 0, "framework_disagree": 0}
     is_weight_max = -np.inf
     steps: set[int] = set()
     positions: set[int] = set()
@@ -239,6 +242,19 @@ def _analyse(
             counts[f"{name}_checked"] += checked
             counts[f"{name}_bf16"] += bf16
             counts[f"{name}_fp16"] += fp16
+        flag = chunk.get("framework_masked")
+        if flag is not None:
+            has = np.isfinite(flag)
+            flagged = has & (flag == 1)
+            counts["framework_flagged_tokens"] += int(has.sum())
+            counts["framework_flagged"] += int(flagged.sum())
+            counts["framework_flagged_zero_adv"] += int(
+                (flagged & view.adv_ok & (chunk.advantage == 0)).sum()
+            )
+            members, drop = view.drop(FRAMEWORK_MASK)
+            compared = members & has
+            counts["framework_compared"] += int(compared.sum())
+            counts["framework_disagree"] += int((compared & (flagged != drop)).sum())
         weight = chunk.get("is_weight")
         if weight is not None:
             finite = weight[np.isfinite(weight)]

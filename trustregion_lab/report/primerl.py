@@ -16,6 +16,7 @@ sequence, holding aligned per-token arrays over the whole sequence, prompt inclu
                       the record carries per-token "losses" channels (newer exports), only tokens whose "rl"
                       channel has mask true (tokens of other losses, e.g. SFT, are counted and left out)
     entropy, reward ← "entropy", "rewards" (when present; newer exports have no "rewards")
+    framework_masked ← "is_masked" (prime-rl's own DPPO mask flag, when present; null where not computed)
 Records with "training_mode" = "sft" (an SFT phase, not RL tokens) are skipped and counted (`counts`:
 sft_records, sft_tokens; non_rl_tokens for tokens of other loss channels). The environment label may be
 "env_name" or "env"; "rank", "micro_step" and "micro_sequence_idx" identify a record: the same
@@ -48,6 +49,7 @@ PRIME_RL_FIELDS: dict[str, tuple[str, bool]] = {
     "trainer_logprobs": ("logprob", True),
     "entropy": ("entropy", False),
     "rewards": ("reward", False),
+    "is_masked": ("framework_masked", False),
 }
 _ARRAY_FIELDS = ("token_ids", "position_ids", "rl_weights", *(f for f in PRIME_RL_FIELDS if f != "token_ids"))
 

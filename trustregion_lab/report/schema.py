@@ -17,6 +17,8 @@ Optional columns:
     is_weight        float  the framework's own importance weight applied to the token's loss (TRL's
                             importance_sampling_ratio: per token, or the sequence's weight repeated on its
                             tokens; 0 where its mask mode dropped the token, the cap where it truncated)
+    framework_masked float  1 where the framework's own loss masked the token, 0 where it kept it (prime-rl's
+                            is_masked; null = not recorded)
     group, env       int or str   prompt group / environment label
     tv_exact         float  exact TV(μ(·|s), π(·|s)) of the token's state (toys only: full distributions)
     kl_exact         float  exact KL(μ‖π) of the token's state (toys only)
@@ -63,6 +65,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "entropy",
     "reward",
     "is_weight",
+    "framework_masked",
     "group",
     "env",
     "tv_exact",
@@ -81,6 +84,7 @@ FLOAT_COLUMNS: tuple[str, ...] = (
     "entropy",
     "reward",
     "is_weight",
+    "framework_masked",
     "tv_exact",
     "kl_exact",
 )
