@@ -341,7 +341,7 @@ def test_by_step_sequence_is_and_positions_against_numpy(prime_rl_run):
         for metric, value in want.items():
             np.testing.assert_allclose(rows.loc[metric, "value"], value, rtol=1e-9, err_msg=metric)
     names = by_step.dropna(subset=["source_metric"]).set_index("metric")["source_metric"].to_dict()
-    assert names["mismatch_k3"] == "mismatch_kl/mean"
+    assert names["mismatch_k3"] == "mismatch_kl/all/mean"
     seq = t.assign(log_r=t["logprob"] - t["rollout_logprob"]).groupby(["step", "sequence"])["log_r"].sum()
     sis = pd.read_csv(out / "sequence_is.csv").set_index(["level", "cap"])
     np.testing.assert_allclose(sis.loc[("product", 3.0), "frac_outside"], (np.abs(seq) > np.log(3)).mean())

@@ -5,7 +5,8 @@ streaming from prime-rl's trainer token export, or from Parquet / JSONL / CSV ta
 write it with `write_token_table(frame, token_table_path(folder, step), source=...)`; `from_verl` / `from_trl`
 build it from those frameworks' batch arrays. `analyse` computes the tables in one pass and `write_report`
 writes summary.csv, by_mu.csv, matched_delta.csv, by_step.csv, by_position.csv, sequence_is.csv, figures and
-report.md; `run_report` / ``python -m trustregion_lab.report PATH`` do both.
+report.md into a folder that replaces `out` whole; `run_report` / ``python -m trustregion_lab.report PATH`` do both.
+`check_export_folder` is what a trainer calls before exporting into a folder (no second run mixed in).
 """
 
 from trustregion_lab.report.cli import main, run_report
@@ -23,8 +24,14 @@ from trustregion_lab.report.schema import (
 )
 from trustregion_lab.report.sources import FORMATS, TokenSource, open_source
 from trustregion_lab.report.synthetic import write_prime_rl_export
-from trustregion_lab.report.table import read_token_table, to_arrow, token_table_path, write_token_table
-from trustregion_lab.report.view import MaskSpec
+from trustregion_lab.report.table import (
+    check_export_folder,
+    read_token_table,
+    to_arrow,
+    token_table_path,
+    write_token_table,
+)
+from trustregion_lab.report.view import ReportMask
 
 __all__ = [
     "DEFAULT_SPECS",
@@ -35,13 +42,14 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "TOKEN_COLUMNS",
-    "MaskSpec",
     "ReportInputError",
+    "ReportMask",
     "ReportTables",
     "TokenChunk",
     "TokenSource",
     "analyse",
     "arrow_schema",
+    "check_export_folder",
     "from_arrays",
     "from_trl",
     "from_verl",

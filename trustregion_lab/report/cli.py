@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from trustregion_lab.report.pipeline import analyse, write_report
+from trustregion_lab.report.pipeline import analyse, check_out_folder, write_report
 from trustregion_lab.report.schema import ReportInputError
 from trustregion_lab.report.sources import FORMATS, open_source
 
@@ -30,8 +30,13 @@ sequence_is.csv (token / sequence importance weights and what a cap of 2, 3, 5 t
 report.md. The export is streamed (a progress bar on a terminal): memory does not grow with its size.
 
 Null or non-finite log-probs and advantages are counted (skipped_nonfinite, report.md) and left out. Bad input
-(a missing field, per-token arrays of unequal length, log-probs above 0, no export at PATH) ends with a one-line
-error naming the file, line or row and field, exit status 2, and no output written.
+(a missing field, per-token arrays of unequal length, log-probs above 0, a repeated (step, sequence, position),
+a step or position that is not a whole number >= 0, a response_mask other than true/false or 0/1, text in a
+numeric column, an empty or damaged file, an unreadable file or folder, tables of several formats in one folder,
+several prime-rl runs in one folder, no export at PATH) ends with a one-line error naming the file, line or row
+and field, exit status 2, and --out left as it was. --out may not lie inside PATH and must be new, empty or an
+earlier report's folder; it is checked before the export is read, and replaced whole once the report is
+complete (a failed or killed report leaves the earlier one intact).
 """
 
 
@@ -45,9 +50,10 @@ def run_report(
     path: str | Path, *, fmt: str = "auto", out: str | Path | None = None, progress: bool | None = None
 ) -> list[Path]:
     """Analyse the export at `path` and write the report into `out` (default `default_out`) → written paths."""
+    target = check_out_folder(Path(out) if out is not None else default_out(Path(path)), path)
     source = open_source(path, fmt)
     tables = analyse(source, progress=progress)
-    return write_report(tables, Path(out) if out is not None else default_out(Path(path)))
+    return write_report(tables, target)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -11,14 +11,24 @@ verl (``DataProto.batch`` keys; verl's policy losses take ``old_log_prob, log_pr
     ``training/rollout_probs_diff_*`` compare), or, when `log_prob` (the current π inside the loss) is given,
     log_prob → logprob and old_log_probs → old_logprob (the recompute anchor); token_level_rewards summed per
     sequence → reward (when present).
-TRL (``GRPOTrainer`` inputs): completion_ids → token_id, completion_mask (× tool_mask when present) →
-    response_mask, sampling_per_token_logps → rollout_logprob (μ, vLLM's), advantages → advantage,
+    verl's bypass mode sets old_log_probs = rollout_log_probs: the table would then compare μ with itself, so
+    `from_verl` warns, and the report says so (every token's π(a) = μ(a)).
+TRL (``GRPOTrainer`` inputs): completion_ids → token_id, completion_mask (× action_mask and tool_mask when
+    present) → response_mask, sampling_per_token_logps → rollout_logprob (μ, vLLM's), advantages → advantage,
     per_token_logps (the current π, computed in the loss; pass it) → logprob and old_per_token_logps →
-    old_logprob; without per_token_logps, old_per_token_logps → logprob.
+    old_logprob; without per_token_logps, old_per_token_logps → logprob. importance_sampling_ratio (TRL's
+    vLLM IS weight, `[batch, time]` in its token modes, `[batch, 1]` in its sequence modes; capped from above
+    only: truncated to the cap, or set to 0 above it in the mask modes) → is_weight.
+
+Which π the table holds: the log-probs these batches carry are taken before the step's updates (verl's
+old_log_probs, TRL's old_per_token_logps: π at the weights that generated), so a report on them measures the
+engine mismatch μ vs π_old, not how far the update moves π. Pass the π computed inside the loss (verl's
+log_prob, TRL's per_token_logps) to measure that too.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,6 +73,7 @@ def from_arrays(
     old_logprob: Any = None,
     reward: Any = None,
     entropy: Any = None,
+    is_weight: Any = None,
     tv_exact: Any = None,
     kl_exact: Any = None,
     topk_ids: Any = None,
@@ -73,7 +84,8 @@ def from_arrays(
     source: str | None = None,
 ) -> pd.DataFrame:
     """Token table from `[batch, time]` arrays (advantages and reward may be `[batch]`; the top-K arrays are
-    `[batch, time, K]`, id −1 marking an unused slot). Column meanings: `trustregion_lab.report.schema`."""
+    `[batch, time, K]`, id −1 marking an unused slot; advantages, reward and is_weight may also be `[batch]` or
+    `[batch, 1]`). Column meanings: `trustregion_lab.report.schema`."""
     mask = _numpy(response_mask, "response_mask")
     if mask.ndim != 2:
         raise ValueError(f"response_mask must have shape [batch, time], got {mask.shape}")
@@ -87,14 +99,17 @@ def from_arrays(
         ("old_logprob", old_logprob),
         ("entropy", entropy),
         ("reward", reward),
+        ("is_weight", is_weight),
         ("tv_exact", tv_exact),
         ("kl_exact", kl_exact),
     ):
         if values is None:
             continue
         arr = _numpy(values, name)
-        if arr.ndim == 1 and arr.shape[0] == shape[0] and name in ("advantage", "reward"):
+        if arr.ndim == 1 and arr.shape[0] == shape[0] and name in ("advantage", "reward", "is_weight"):
             arr = np.broadcast_to(arr[:, None], shape)
+        if arr.ndim == 2 and arr.shape == (shape[0], 1) and name in ("advantage", "reward", "is_weight"):
+            arr = np.broadcast_to(arr, shape)  # a per-sequence value `[batch, 1]`
         if arr.shape != shape:
             raise ValueError(f"{name} must have shape {shape} like response_mask, got {arr.shape}")
         columns[name] = arr
@@ -137,12 +152,21 @@ def from_verl(
 ) -> pd.DataFrame:
     """Token table from a verl batch (`DataProto.batch` or a dict of its tensors); see the module docstring."""
     old = _get(batch, "old_log_probs", "verl")
+    rollout = _get(batch, "rollout_log_probs", "verl")
     rewards = _optional(batch, "token_level_rewards")
+    mask = _get(batch, "response_mask", "verl").astype(bool)
+    same = old.shape == rollout.shape == mask.shape and mask.any()
+    if log_prob is None and same and np.array_equal(old[mask], rollout[mask]):
+        warnings.warn(
+            "verl batch: old_log_probs equals rollout_log_probs on every response token (verl's bypass mode); "
+            "the table then compares mu with itself: pass log_prob= (pi inside the loss) to measure the update",
+            stacklevel=2,
+        )
     return from_arrays(
         step=step,
         token_ids=_get(batch, "responses", "verl"),
         response_mask=_get(batch, "response_mask", "verl"),
-        rollout_logprob=_get(batch, "rollout_log_probs", "verl"),
+        rollout_logprob=rollout,
         logprob=old if log_prob is None else log_prob,
         old_logprob=None if log_prob is None else old,
         advantages=_get(batch, "advantages", "verl"),
@@ -162,8 +186,10 @@ def from_trl(
             "TRL inputs have no old_per_token_logps; pass per_token_logps= (the trainer's log-probs in the loss)"
         )
     mask = _get(inputs, "completion_mask", "TRL")
-    if _optional(inputs, "tool_mask") is not None:
-        mask = mask * _numpy(inputs["tool_mask"], "tool_mask")
+    for extra in ("action_mask", "tool_mask"):
+        if _optional(inputs, extra) is not None:
+            mask = mask * _numpy(inputs[extra], extra)
+    ratio = _optional(inputs, "importance_sampling_ratio")
     return from_arrays(
         step=step,
         token_ids=_get(inputs, "completion_ids", "TRL"),
@@ -172,6 +198,7 @@ def from_trl(
         logprob=old if per_token_logps is None else per_token_logps,
         old_logprob=None if per_token_logps is None else old,
         advantages=_get(inputs, "advantages", "TRL"),
+        is_weight=None if ratio is None else _numpy(ratio, "importance_sampling_ratio"),
         first_sequence=first_sequence,
         source="trl",
     )

@@ -4,7 +4,8 @@
 - ``mismatch_by_step.png``: mean |π − μ|, mean |log π − log μ|, k3 and two mask rates over steps (by_step.csv);
 - ``masks_by_mu.png``: share of each μ(a) bucket dropped by PPO only, by Binary TV only, by both (by_mu.csv);
 - ``mismatch_by_position.png``: mean |π − μ| and PPO's clip rate by position in the response (by_position.csv);
-- ``sequence_is.png``: share of tokens / sequences whose IS weight falls outside [1/C, C] (sequence_is.csv).
+- ``sequence_is.png``: share of tokens / sequences whose IS weight lies above C, and outside [1/C, C], one panel
+  per level on its own axis (sequence_is.csv).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from matplotlib.figure import Figure
 
 from trustregion_lab._io import atomic_write_with
 
-__all__ = ["DPI", "draw_figures"]
+__all__ = ["DPI", "draw_report_figures"]
 
 DPI = 120
 _MU_AXIS = "μ(a): rollout probability of the sampled token"
@@ -52,14 +53,15 @@ def plot_by_step(by_step: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(10, 6.5))
     axes = fig.subplots(2, 2, sharex=True).ravel()
     panels = [
-        ("mismatch_mean", "mean |π(a) − μ(a)|"),
-        ("mismatch_logprob_abs", "mean |log π(a) − log μ(a)|"),
-        ("mismatch_k3", "k3 = mean (r − 1 − log r)"),
+        ("mismatch_mean", "mean |π(a) − μ(a)|", "mean |π(a) − μ(a)| (probability)"),
+        ("mismatch_logprob_abs", "mean |log π(a) − log μ(a)|", "mean |log r| (nats)"),
+        ("mismatch_k3", "k3 = mean (r − 1 − log r)", "k3 estimate of KL(μ‖π) (nats)"),
     ]
-    for ax, (metric, title) in zip(axes, panels):
+    for ax, (metric, title, ylabel) in zip(axes, panels):
         rows = by_step[by_step["metric"] == metric]
         ax.plot(rows["step"], rows["value"], marker="o", markersize=3)
         ax.set_title(title)
+        ax.set_ylabel(ylabel)
         if (rows["value"] > 0).all() and len(rows):
             ax.set_yscale("log")
     ax = axes[3]
@@ -73,9 +75,11 @@ def plot_by_step(by_step: pd.DataFrame) -> Figure:
                 markersize=3,
                 label=f"{method} {low:g}/{high:g}",
             )
-    ax.set_title("tokens dropped (%)")
+    ax.set_title("tokens dropped by the mask (rollout anchor)")
+    ax.set_ylabel("% of response tokens with Â ≠ 0")
     if ax.lines:
         ax.legend(fontsize=8)
+    fig.suptitle("Training–inference mismatch per step", fontsize=11)
     for ax in axes[2:]:
         ax.set_xlabel("step")
     return fig
@@ -130,21 +134,51 @@ def plot_by_position(by_position: pd.DataFrame) -> Figure:
 
 
 def plot_sequence_is(sequence_is: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(7, 3.8))
-    ax = fig.add_subplot()
-    data = sequence_is.assign(
-        percent=100 * sequence_is["frac_outside"], cap=sequence_is["cap"].map("{:g}".format)
-    )
-    sns.barplot(data=data, x="cap", y="percent", hue="level", ax=ax)
-    for container in ax.containers:
-        ax.bar_label(container, fmt="%.2g", fontsize=7)
-    ax.set_xlabel("cap C")
-    ax.set_ylabel("% with weight outside [1/C, C]")
-    ax.set_title("What an importance-weight cap would touch")
+    """One panel per weight level (token, sequence product, sequence geometric mean), each with its own axis:
+    their shares differ by orders of magnitude. Bars: share above C, and outside [1/C, C]."""
+    levels = [
+        (level, title)
+        for level, title in (
+            ("token", "per token: r_t"),
+            ("product", "per sequence: Π r_t"),
+            ("geometric", "per sequence: (Π r_t)^(1/n)"),
+        )
+        if (sequence_is["level"] == level).any()
+    ]
+    fig = Figure(figsize=(4.0 * len(levels) + 0.5, 4.0))
+    axes = fig.subplots(1, len(levels), squeeze=False)[0]
+    for ax, (level, title) in zip(axes, levels):
+        rows = sequence_is[sequence_is["level"] == level]
+        data = pd.DataFrame(
+            {
+                "cap": rows["cap"].map("{:g}".format),
+                "above C (an upper cap)": 100 * rows["frac_above"],
+                "outside [1/C, C] (two-sided)": 100 * rows["frac_outside"],
+            }
+        ).melt(id_vars="cap", var_name="touched", value_name="percent")
+        sns.barplot(data=data, x="cap", y="percent", hue="touched", ax=ax)
+        for container in ax.containers:
+            ax.bar_label(container, fmt="%.3g", fontsize=7)
+        units = "tokens" if level == "token" else "sequences"
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("cap C")
+        ax.set_ylabel(f"% of {units}")
+        ax.margins(y=0.15)
+        top = float(data["percent"].max()) if data["percent"].notna().any() else 0.0
+        if top > 0:
+            ax.set_ylim(0, top * 1.15)
+        else:
+            ax.set_ylim(0, 1)
+            ax.text(0.5, 0.5, f"no {units[:-1]} beyond any cap", transform=ax.transAxes, ha="center")
+        if ax is not axes[0] and ax.get_legend() is not None:
+            ax.get_legend().remove()
+        elif ax.get_legend() is not None:
+            ax.legend(fontsize=7, title=None)
+    fig.suptitle("What an importance-weight cap would touch (each panel on its own scale)", fontsize=11)
     return fig
 
 
-def draw_figures(tables: Mapping[str, pd.DataFrame], out: Path) -> list[Path]:
+def draw_report_figures(tables: Mapping[str, pd.DataFrame], out: Path) -> list[Path]:
     """Draw every figure whose table has rows into `out` → the PNG paths."""
     plots = [
         ("mask_rates.png", "summary", plot_mask_rates),

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from trustregion_lab.analysis import matched_threshold, mu_buckets
-from trustregion_lab.report.view import MaskSpec, TokenView
+from trustregion_lab.report.view import ReportMask, TokenView
 
 __all__ = ["CRITICAL_EDGES", "ConfusionStats", "CriticalHistogram", "MatchedStats", "SummaryStats"]
 
@@ -65,11 +65,11 @@ def _frac(num: float, den: float) -> float:
 
 
 class SummaryStats:
-    """summary.csv: one row per `MaskSpec` (method, thresholds, anchor)."""
+    """summary.csv: one row per `ReportMask` (method, thresholds, anchor)."""
 
     FIELDS = ("tokens", "tokens_pos", "tokens_neg", "dropped", "dropped_pos", "dropped_neg", "skipped")
 
-    def __init__(self, specs: Sequence[MaskSpec]) -> None:
+    def __init__(self, specs: Sequence[ReportMask]) -> None:
         self.specs = list(specs)
         self.sums = {spec: dict.fromkeys(self.FIELDS, 0) for spec in self.specs}
         self.exact = {spec: [0, 0] for spec in self.specs}  # agree, compared
@@ -96,10 +96,10 @@ class SummaryStats:
                 self.exact[spec][1] += int(both.sum())
 
     @staticmethod
-    def _exact_reference(spec: MaskSpec) -> MaskSpec | None:
+    def _exact_reference(spec: ReportMask) -> ReportMask | None:
         if spec.anchor != "rollout" or spec.method not in ("dppo_binary_tv", "dppo_topk_tv"):
             return None
-        return MaskSpec("dppo_exact_tv", spec.low, spec.high)
+        return ReportMask("dppo_exact_tv", spec.low, spec.high)
 
     def table(self, has_exact: bool) -> pd.DataFrame:
         rows = []
@@ -140,9 +140,9 @@ class ConfusionStats:
         "tv_agree",
     )
 
-    def __init__(self, ppo: MaskSpec, tv: MaskSpec) -> None:
+    def __init__(self, ppo: ReportMask, tv: ReportMask) -> None:
         self.ppo, self.tv = ppo, tv
-        self.exact = MaskSpec("dppo_exact_tv", tv.low, tv.high)
+        self.exact = ReportMask("dppo_exact_tv", tv.low, tv.high)
         self.buckets = mu_buckets()
         nb = len(self.buckets.labels)
         self.counts = {name: np.zeros((nb, 2), dtype=np.int64) for name in self.COUNTS}
@@ -220,7 +220,7 @@ class ConfusionStats:
 class MatchedStats:
     """matched_delta.csv: per PPO clip (ε_low, ε_high) and DPPO method, the symmetric δ with the same mask rate."""
 
-    def __init__(self, ppo_specs: Sequence[MaskSpec], methods: Sequence[str]) -> None:
+    def __init__(self, ppo_specs: Sequence[ReportMask], methods: Sequence[str]) -> None:
         self.ppo_specs = list(ppo_specs)
         self.methods = list(methods)
         self.ppo = {spec: [0, 0] for spec in self.ppo_specs}  # dropped, tokens

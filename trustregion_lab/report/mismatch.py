@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from trustregion_lab.report.names import framework_metric
-from trustregion_lab.report.view import MaskSpec, TokenView
+from trustregion_lab.report.view import ReportMask, TokenView
 
 __all__ = ["CAPS", "GroupStats", "SequenceStats", "position_bucket"]
 
@@ -45,6 +45,8 @@ _SUMS = (
     "h",
     "n_rw",
     "rw",
+    "n_fm",
+    "fm",
 )
 _MAXES = ("abs_max", "max", "neg_min", "lpabs_max")  # neg_min stores max(−(π − μ)) = −min
 
@@ -58,7 +60,7 @@ def position_bucket(position: np.ndarray) -> np.ndarray:
 class GroupStats:
     """Mismatch sums per integer group key (step, or position bucket) plus the mask rates of `specs`."""
 
-    def __init__(self, specs: Sequence[MaskSpec]) -> None:
+    def __init__(self, specs: Sequence[ReportMask]) -> None:
         self.specs = list(specs)
         self.width = len(_SUMS) + 2 * len(self.specs)
         self.sums: dict[int, np.ndarray] = {}
@@ -85,7 +87,14 @@ class GroupStats:
             "r2": r * r,
             "cap": ok & (r > RATIO_CAP),
         }
-        for name, short in (("tv_exact", "tv"), ("kl_exact", "kl"), ("entropy", "h"), ("reward", "rw")):
+        pairs = (
+            ("tv_exact", "tv"),
+            ("kl_exact", "kl"),
+            ("entropy", "h"),
+            ("reward", "rw"),
+            ("framework_masked", "fm"),
+        )
+        for name, short in pairs:
             column = c.get(name)
             has = np.isfinite(column) if column is not None else np.zeros(view.n, dtype=bool)
             columns[f"n_{short}"] = has
@@ -108,7 +117,7 @@ class GroupStats:
                 store = self.maxes.setdefault(int(key), np.full(len(_MAXES), -np.inf))
                 store[j] = max(store[j], best[i])
 
-    def metrics(self, key: int) -> list[tuple[str, MaskSpec | None, float, float]]:
+    def metrics(self, key: int) -> list[tuple[str, ReportMask | None, float, float]]:
         """(metric, spec or None, value, denominator) for one group."""
         s = dict(zip(_SUMS, self.sums[key][: len(_SUMS)]))
         mx = dict(zip(_MAXES, self.maxes[key]))
@@ -138,6 +147,7 @@ class GroupStats:
             ("kl_exact", "n_kl", "kl"),
             ("entropy", "n_h", "h"),
             ("reward", "n_rw", "rw"),
+            ("framework_mask_frac", "n_fm", "fm"),
         ):
             if s[count]:
                 out.append((metric, None, s[total] / s[count], s[count]))

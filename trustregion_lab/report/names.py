@@ -10,6 +10,7 @@ With r = π(a)/μ(a) over response tokens whose log-probs are finite (mask rates
     ratio_cap_frac         share with r > 10 (the default ratio cap, docs/design.md §2)
     mask_frac              dropped / tokens with Â ≠ 0, for the mask named in the row (method, low, high)
     tv_exact, kl_exact     mean exact TV / KL per token's state (toys only), entropy, reward: token means
+    framework_mask_frac    share of response tokens (every Â) the framework's own loss masked (prime-rl's is_masked)
 `FRAMEWORK_METRICS` gives each framework's own name for these, read from its source code, with a note on what
 it compares: verl, TRL and SkyRL compare the recomputed π_old (not the current π) with μ, which is the same
 quantity when the table's logprob column holds π_old (as `from_verl` writes it without `log_prob`).
@@ -36,15 +37,17 @@ METRICS: dict[str, str] = {
     "kl_exact": "mean exact KL(μ‖π) of the tokens' states",
     "entropy": "mean entropy of π (nats)",
     "reward": "mean reward (token-weighted)",
+    "framework_mask_frac": "share of response tokens the framework's own loss masked (all Â, a token mean)",
 }
 
 # framework → {(metric, method, low, high) or (metric,): (their name, note)}
 FRAMEWORK_METRICS: dict[str, dict[tuple, tuple[str, str]]] = {
     "prime-rl": {
-        ("mismatch_k3",): ("mismatch_kl/mean", "k3 of π/μ; prime-rl averages per sample first"),
-        ("mask_frac", "dppo_binary_tv", 0.2, 0.2): (
+        ("mismatch_k3",): ("mismatch_kl/all/mean", "k3 of π/μ; prime-rl's token mean over all ranks"),
+        ("framework_mask_frac",): (
             "is_masked/mean",
-            "prime-rl's default DPPO mask; its denominator includes Â = 0 tokens",
+            "prime-rl's own flag (its default DPPO mask, Binary TV 0.2/0.2; Â = 0 tokens are judged on the "
+            "Â < 0 side and counted); prime-rl averages per sample first",
         ),
     },
     "verl": {

@@ -12,8 +12,15 @@ sequence, holding aligned per-token arrays over the whole sequence, prompt inclu
     rollout_logprob ← "inference_logprobs" (μ)
     logprob         ← "trainer_logprobs" (π)
     advantage       ← "advantages"
-    response_mask   ← "loss_mask" (false on prompt tokens), and false where "rl_weights" is exactly 0
-    entropy, reward ← "entropy", "rewards" (when present)
+    response_mask   ← "loss_mask" (false on prompt tokens), and false where "rl_weights" is exactly 0; when
+                      the record carries per-token "losses" channels (newer exports), only tokens whose "rl"
+                      channel has mask true (tokens of other losses, e.g. SFT, are counted and left out)
+    entropy, reward ← "entropy", "rewards" (when present; newer exports have no "rewards")
+    framework_masked ← "is_masked" (prime-rl's own DPPO mask flag, when present; null where not computed)
+Records with "training_mode" = "sft" (an SFT phase, not RL tokens) are skipped and counted (`counts`:
+sft_records, sft_tokens; non_rl_tokens for tokens of other loss channels). The environment label may be
+"env_name" or "env"; "rank", "micro_step" and "micro_sequence_idx" identify a record: the same
+(micro_step, micro_sequence_idx) twice in one rank file is an error (it would be counted twice).
 
 The file is read line by line (one record in memory at a time) and yields a `TokenChunk` every ~`batch_tokens`
 response tokens. Errors name the file, the line and, for per-record problems, the record.
@@ -42,11 +49,12 @@ PRIME_RL_FIELDS: dict[str, tuple[str, bool]] = {
     "trainer_logprobs": ("logprob", True),
     "entropy": ("entropy", False),
     "rewards": ("reward", False),
+    "is_masked": ("framework_masked", False),
 }
 _ARRAY_FIELDS = ("token_ids", "position_ids", "rl_weights", *(f for f in PRIME_RL_FIELDS if f != "token_ids"))
 
 
-def _step_rank(path: Path) -> tuple[int, int, str]:
+def step_rank(path: Path) -> tuple[int, int, str]:
     def number(text: str, prefix: str) -> int:
         tail = text[len(prefix) :]
         return int(tail) if tail.isdigit() else -1
@@ -58,7 +66,7 @@ def find_prime_rl_files(root: Path) -> list[Path]:
     """``step_<n>/rank_<r>.jsonl`` files under `root` (or `root` itself), ordered by step, then rank."""
     if root.is_file():
         return [root]
-    return sorted(root.glob("**/step_*/rank_*.jsonl"), key=_step_rank)
+    return sorted(root.glob("**/step_*/rank_*.jsonl"), key=step_rank)
 
 
 class _Batch:
@@ -100,10 +108,34 @@ def _array(record: dict, field: str, kind: type, where: str) -> np.ndarray | Non
         raise ReportInputError(f"{where}: field {field!r} must hold {what}") from None
 
 
-def _record_columns(record: Any, where: str, sequence: int) -> dict[str, np.ndarray] | None:
+def _rl_channel_mask(record: dict, where: str, length: int) -> np.ndarray | None:
+    """Per-token "losses" channels → bool `[n]`: the token is in the RL loss (None when the record has none)."""
+    losses = record.get("losses")
+    if losses is None:
+        return None
+    if not isinstance(losses, list) or len(losses) != length:
+        raise ReportInputError(f"{where}: field 'losses' must be a list of one entry per token ({length})")
+    out = np.zeros(length, dtype=bool)
+    for i, entry in enumerate(losses):
+        rl = entry.get("rl") if isinstance(entry, dict) else None
+        out[i] = bool(isinstance(rl, dict) and rl.get("mask") is True)
+    return out
+
+
+def _record_columns(
+    record: Any, where: str, sequence: int, counts: dict[str, int] | None = None
+) -> dict[str, np.ndarray] | None:
     """One JSON record → columns of its response tokens (None when it has none)."""
     if not isinstance(record, dict):
         raise ReportInputError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
+    counts = counts if counts is not None else {}
+    if str(record.get("training_mode", "rl")).lower() == "sft":
+        mask = record.get("loss_mask")
+        counts["sft_records"] = counts.get("sft_records", 0) + 1
+        counts["sft_tokens"] = counts.get("sft_tokens", 0) + (
+            sum(1 for m in mask if m is True) if isinstance(mask, list) else 0
+        )
+        return None
     for field in ("schema_version", "step", *(f for f, (_, req) in PRIME_RL_FIELDS.items() if req)):
         if record.get(field) is None:
             raise ReportInputError(f"{where}: missing field {field!r}")
@@ -124,6 +156,10 @@ def _record_columns(record: Any, where: str, sequence: int) -> dict[str, np.ndar
         sizes = ", ".join(f"{k} {v}" for k, v in lengths.items())
         raise ReportInputError(f"{where} (record {ident}): per-token arrays of unequal length: {sizes}")
     mask = arrays["loss_mask"]
+    rl = _rl_channel_mask(record, where, mask.shape[0])
+    if rl is not None:
+        counts["non_rl_tokens"] = counts.get("non_rl_tokens", 0) + int((mask & ~rl).sum())
+        mask = mask & rl
     if arrays["rl_weights"] is not None:  # a weight of exactly 0 takes the token out of the RL loss
         mask = mask & ~(arrays["rl_weights"] == 0)
     rows = np.flatnonzero(mask)
@@ -142,16 +178,31 @@ def _record_columns(record: Any, where: str, sequence: int) -> dict[str, np.ndar
 
 
 def iter_prime_rl(
-    path: Path, *, batch_tokens: int, first_sequence: int = 0, advance: Callable[[int], None] | None = None
+    path: Path,
+    *,
+    batch_tokens: int,
+    first_sequence: int = 0,
+    advance: Callable[[int], None] | None = None,
+    counts: dict[str, int] | None = None,
 ) -> Iterator[TokenChunk]:
     """Stream one prime-rl ``rank_<r>.jsonl`` file as `TokenChunk`s; `advance(n_bytes)` reports progress.
 
-    Sequence ids are `first_sequence`, `first_sequence` + 1, ... in line order (one per record).
+    Sequence ids are `first_sequence`, `first_sequence` + 1, ... in line order (one per record). `counts`
+    receives the skipped SFT records and tokens (module docstring).
     """
     batch = _Batch()
     sequence = first_sequence
+    seen: dict[tuple, int] = {}
     for line_no, record in json_lines(path, advance):
-        columns = _record_columns(record, f"{path}:{line_no}", sequence)
+        if isinstance(record, dict) and "micro_sequence_idx" in record:
+            key = (record.get("step"), record.get("micro_step"), record.get("micro_sequence_idx"))
+            if key in seen:
+                raise ReportInputError(
+                    f"{path}:{line_no}: record (step {key[0]}, micro_step {key[1]}, micro_sequence_idx {key[2]}) "
+                    f"repeats line {seen[key]}; it would be counted twice"
+                )
+            seen[key] = line_no
+        columns = _record_columns(record, f"{path}:{line_no}", sequence, counts)
         sequence += 1
         if columns is not None:
             batch.add(columns, line_no)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trustregion_lab.report.schema import (
@@ -28,14 +29,24 @@ from trustregion_lab.report.table import build_chunk, json_lines
 __all__ = ["iter_csv", "iter_jsonl", "iter_parquet", "parquet_rows", "table_source_name"]
 
 
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """``pq.ParquetFile(path)``; an empty, damaged or unreadable file raises ReportInputError naming it."""
+    try:
+        return pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a broken file
+        raise ReportInputError(
+            f"{path}: not a readable Parquet file ({' '.join(str(err).split()) or type(err).__name__})"
+        ) from None
+
+
 def parquet_rows(path: Path) -> int:
     """Number of rows of a Parquet file, from its footer."""
-    return pq.ParquetFile(path).metadata.num_rows
+    return open_parquet(path).metadata.num_rows
 
 
 def table_source_name(path: Path) -> str | None:
     """The framework a Parquet table came from (its ``trustregion_lab.source`` metadata), if recorded."""
-    metadata = pq.ParquetFile(path).schema_arrow.metadata or {}
+    metadata = open_parquet(path).schema_arrow.metadata or {}
     value = metadata.get(SOURCE_KEY)
     return value.decode() if value else None
 
@@ -44,17 +55,21 @@ def iter_parquet(
     path: Path, *, batch_rows: int, advance: Callable[[int], None] | None = None
 ) -> Iterator[TokenChunk]:
     """Stream a Parquet token table by record batches; `advance(n_rows)` reports progress."""
-    try:
-        handle = pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises several types for a broken file
-        raise ReportInputError(f"{path}: not a readable Parquet file ({err})") from None
+    handle = open_parquet(path)
     names = handle.schema_arrow.names
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
         raise ReportInputError(f"{path}: missing required column(s) {missing}")
     wanted = [c for c in TOKEN_COLUMNS if c in names and c not in ("group", "env", "token_id")]
     offset = 0
-    for batch in handle.iter_batches(batch_size=batch_rows, columns=wanted):
+    batches = handle.iter_batches(batch_size=batch_rows, columns=wanted)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except (OSError, ValueError, pa.ArrowException) as err:
+            raise ReportInputError(f"{path}: damaged Parquet data ({' '.join(str(err).split())})") from None
         columns = {name: batch.column(name) for name in wanted}
         start = offset
         yield build_chunk(columns, str(path), locate=lambda i, s=start: f"{path} row {s + i}")
@@ -71,12 +86,22 @@ def _columns_from_rows(rows: list[dict[str, Any]], lines: list[int], path: Path)
         if name in LIST_COLUMNS:
             columns[name] = values
             continue
+        wrong = [
+            i for i, v in enumerate(values) if isinstance(v, bool) or not isinstance(v, int | float | None)
+        ]
+        if name == "response_mask":  # true / false, or exactly 0 / 1 (checked in build_chunk)
+            wrong = [i for i in wrong if not isinstance(values[i], bool)]
+        if wrong:
+            raise ReportInputError(
+                f"{path}:{lines[wrong[0]]}: column {name!r} must be a number (or null), "
+                f"found {values[wrong[0]]!r}"
+            )
         try:
             columns[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        except (TypeError, ValueError):
-            bad = next(i for i, v in enumerate(values) if not isinstance(v, int | float | type(None)))
+        except OverflowError:
+            bad = next(i for i, v in enumerate(values) if isinstance(v, int) and abs(v) >= 2**63)
             raise ReportInputError(
-                f"{path}:{lines[bad]}: column {name!r} must be a number (or null)"
+                f"{path}:{lines[bad]}: column {name!r} is too large: {values[bad]}"
             ) from None
     for name in ("step", "sequence", "position", "response_mask"):
         values = columns[name]
@@ -113,19 +138,45 @@ def iter_jsonl(
         yield flush()
 
 
-def _csv_mask(column: pd.Series) -> np.ndarray:
-    """A CSV response_mask (True/False, true/false or 0/1) as 1.0 / 0.0, NaN for anything else."""
-    if column.dtype == object:
-        words = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
-        return column.astype(str).str.strip().str.lower().map(words).to_numpy(np.float64)
-    values = column.to_numpy(np.float64)
-    return np.where(np.isin(values, (0.0, 1.0)), values, np.nan)
+_MASK_WORDS = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
+
+
+def _csv_mask(column: pd.Series, path: Path, offset: int) -> np.ndarray:
+    """A CSV response_mask (True/False, true/false or 0/1) as 1.0 / 0.0; anything else raises."""
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        return column.to_numpy(np.float64, na_value=np.nan)
+    text = column.astype(object).map(lambda v: v if isinstance(v, str) else "" if pd.isna(v) else str(v))
+    values = text.str.strip().str.lower().map(_MASK_WORDS).to_numpy(np.float64, na_value=np.nan)
+    bad = np.flatnonzero(np.isnan(values))
+    if bad.size:
+        raise ReportInputError(
+            f"{path} row {offset + int(bad[0])}: column 'response_mask' must be true/false or 0/1, "
+            f"found {column.iloc[int(bad[0])]!r}"
+        )
+    return values
+
+
+def _csv_numbers(column: pd.Series, name: str, path: Path, offset: int) -> np.ndarray:
+    """A numeric CSV column as float64 (empty cells → NaN); a cell of text raises, naming its row."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return column.to_numpy(np.float64, na_value=np.nan)
+    numbers = pd.to_numeric(column, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    bad = np.flatnonzero(np.isnan(numbers) & column.notna().to_numpy())
+    if pd.api.types.is_bool_dtype(column) or bad.size:
+        i = int(bad[0]) if bad.size else 0
+        raise ReportInputError(
+            f"{path} row {offset + i}: column {name!r} must be a number (or empty), found {column.iloc[i]!r}"
+        )
+    return numbers
 
 
 def iter_csv(
     path: Path, *, batch_rows: int, advance: Callable[[int], None] | None = None
 ) -> Iterator[TokenChunk]:
-    """Stream a CSV token table in chunks of `batch_rows` rows; `advance(n_rows)` reports progress."""
+    """Stream a CSV token table in chunks of `batch_rows` rows; `advance(n_rows)` reports progress.
+
+    Rows are numbered from 0 (the first line after the header) in error messages.
+    """
     offset = 0
     try:
         reader = pd.read_csv(path, chunksize=batch_rows)
@@ -138,17 +189,19 @@ def iter_csv(
                 if name in LIST_COLUMNS:
                     columns[name] = [json.loads(v) if isinstance(v, str) else None for v in frame[name]]
                 elif name == "response_mask":
-                    columns[name] = _csv_mask(frame[name])
+                    columns[name] = _csv_mask(frame[name], path, offset)
                 else:
-                    columns[name] = pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float64)
-            for name in ("step", "sequence", "position", "response_mask"):
+                    columns[name] = _csv_numbers(frame[name], name, path, offset)
+            for name in ("step", "sequence", "position"):
                 if np.isnan(columns[name]).any():
                     bad = offset + int(np.flatnonzero(np.isnan(columns[name]))[0])
-                    raise ReportInputError(f"{path} row {bad}: column {name!r} must be a number, not null")
-                start = offset
+                    raise ReportInputError(f"{path} row {bad}: column {name!r} must be a number, not empty")
+            start = offset
             yield build_chunk(columns, str(path), locate=lambda i, s=start: f"{path} row {s + i}")
             offset += len(frame)
             if advance is not None:
                 advance(len(frame))
+    except pd.errors.EmptyDataError:
+        raise ReportInputError(f"{path}: empty CSV file (expected a header line and token rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ReportInputError(f"{path}: not a readable CSV token table ({err})") from None

@@ -14,6 +14,11 @@ Optional columns:
     old_logprob      float  log π_old(a), the trainer's recomputed log-prob before the update (recompute anchor)
     entropy          float  entropy of the trainer's π(·|s) in nats
     reward           float  the sequence's reward, repeated on its tokens
+    is_weight        float  the framework's own importance weight applied to the token's loss (TRL's
+                            importance_sampling_ratio: per token, or the sequence's weight repeated on its
+                            tokens; 0 where its mask mode dropped the token, the cap where it truncated)
+    framework_masked float  1 where the framework's own loss masked the token, 0 where it kept it (prime-rl's
+                            is_masked; null = not recorded)
     group, env       int or str   prompt group / environment label
     tv_exact         float  exact TV(μ(·|s), π(·|s)) of the token's state (toys only: full distributions)
     kl_exact         float  exact KL(μ‖π) of the token's state (toys only)
@@ -26,6 +31,7 @@ read as 0. Null and non-finite values are counted and left out of every statisti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +64,8 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "old_logprob",
     "entropy",
     "reward",
+    "is_weight",
+    "framework_masked",
     "group",
     "env",
     "tv_exact",
@@ -75,6 +83,8 @@ FLOAT_COLUMNS: tuple[str, ...] = (
     "old_logprob",
     "entropy",
     "reward",
+    "is_weight",
+    "framework_masked",
     "tv_exact",
     "kl_exact",
 )
@@ -121,7 +131,8 @@ class TokenChunk:
     """Response tokens of one file, as float64 / int64 numpy arrays `[n]` (top-K arrays `[n, K]`).
 
     Only rows with response_mask True are kept. NaN marks a null or non-finite value. Top-K arrays pad unused
-    slots with id −1 and NaN log-probs. `source` names the file the rows came from (for error messages).
+    slots with id −1 and NaN log-probs. `source` names the file the rows came from (for error messages);
+    `locate(i)` describes the chunk's row i there ("file:line" or "file row n").
     """
 
     source: str
@@ -132,6 +143,11 @@ class TokenChunk:
     logprob: np.ndarray
     advantage: np.ndarray
     optional: dict[str, np.ndarray] = field(default_factory=dict)
+    locate: Callable[[int], str] | None = field(default=None, repr=False)
+
+    def where(self, i: int) -> str:
+        """Where row `i` of the chunk came from, for error messages."""
+        return self.locate(i) if self.locate is not None else f"{self.source} (response token {i})"
 
     def __len__(self) -> int:
         return int(self.step.shape[0])

@@ -42,6 +42,7 @@ from trustregion_lab.report.schema import (
 
 __all__ = [
     "build_chunk",
+    "check_export_folder",
     "json_lines",
     "read_token_table",
     "to_arrow",
@@ -51,7 +52,15 @@ __all__ = [
 
 ROW_GROUP_ROWS = 1 << 18  # rows per Parquet row group: the unit a reader streams
 TOPK_MASS_TOLERANCE = 1e-2  # reported top-K probabilities may sum above 1 by low-precision rounding
-_CHUNK_OPTIONAL = ("old_logprob", "entropy", "reward", "tv_exact", "kl_exact")
+_CHUNK_OPTIONAL = (
+    "old_logprob",
+    "entropy",
+    "reward",
+    "is_weight",
+    "framework_masked",
+    "tv_exact",
+    "kl_exact",
+)
 
 
 def json_lines(path: Path, advance: Callable[[int], None] | None = None) -> Iterator[tuple[int, Any]]:
@@ -78,6 +87,34 @@ def token_table_path(folder: str | os.PathLike, step: int) -> Path:
     if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
         raise TypeError(f"step must be an int >= 0, got {step!r}")
     return Path(folder) / f"step_{int(step):06d}.parquet"
+
+
+def check_export_folder(folder: str | os.PathLike, *, first_step: int = 1) -> Path:
+    """Check a folder a trainer is about to export per-token tables into → its path.
+
+    The folder must be new, empty, or hold only this run's own tables of steps before `first_step` (a run
+    resumed from a checkpoint at step `first_step` − 1). Anything else — another run's tables, tables of the
+    steps this run will write, other files — raises ValueError naming the folder and a file, so two runs are
+    never mixed in one export (the report would count both).
+    """
+    folder = Path(folder)
+    if isinstance(first_step, bool) or not isinstance(first_step, int | np.integer) or first_step < 0:
+        raise TypeError(f"first_step must be an int >= 0, got {first_step!r}")
+    if not folder.exists():
+        return folder
+    if not folder.is_dir():
+        raise ValueError(f"--export-tokens {folder} is a file, expected a folder")
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        stem = name[len("step_") : -len(".parquet")] if name.startswith("step_") else ""
+        earlier = name.endswith(".parquet") and stem.isdigit() and int(stem) < first_step
+        if not earlier and not name.startswith("."):
+            what = "a token table of another run (or of a step this run will write)" if stem else "a file"
+            raise ValueError(
+                f"--export-tokens {folder} already holds {what}: {name}; the report would mix two runs: "
+                "export into a new or empty folder"
+            )
+    return folder
 
 
 def _list_array(values: Any, name: str, n: int) -> pa.Array:
@@ -190,11 +227,22 @@ def read_token_table(path: str | os.PathLike) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------- chunk building
 
 
-def _float(values: Any) -> np.ndarray:
-    """Float64 copy with NaN for null and non-finite values."""
+def _float(values: Any, name: str = "value", source: str = "") -> np.ndarray:
+    """Float64 copy with NaN for null and non-finite values; text or other non-numbers raise ReportInputError."""
     if isinstance(values, pa.Array | pa.ChunkedArray):
+        kind = values.type
+        if not (pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_null(kind)):
+            raise ReportInputError(f"{source}: column {name!r} must be numbers, got Arrow type {kind}")
         values = values.to_numpy(zero_copy_only=False)
-    arr = np.array(values, dtype=np.float64)
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "fiu" and not (arr.dtype == object and arr.size == 0):
+        if arr.dtype == object and all(v is None or isinstance(v, int | float) for v in arr.tolist()):
+            arr = np.array([np.nan if v is None else v for v in arr.tolist()], dtype=np.float64)
+        else:
+            raise ReportInputError(
+                f"{source}: column {name!r} must be numbers, got values of type {arr.dtype}"
+            )
+    arr = np.array(arr, dtype=np.float64)
     arr[~np.isfinite(arr)] = np.nan
     return arr
 
@@ -263,12 +311,70 @@ def _topk_columns(
     return padded
 
 
+_INT64_LIMIT = float(2**63)  # floats at or beyond ±2^63 do not fit int64
+
+
+def _mask_values(values: np.ndarray, locate: Callable[[int], str]) -> np.ndarray:
+    """response_mask as bool `[n]`: booleans, or numbers that are exactly 0 or 1 (anything else raises)."""
+    if values.dtype == np.bool_:
+        return values
+    if values.dtype.kind in "iuf":
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~np.isin(values, (0, 1)))
+        if bad.size:
+            raise ReportInputError(
+                f"{locate(int(bad[0]))}: column 'response_mask' must be true/false (or 0/1), "
+                f"found {values[bad[0]]!r}"
+            )
+        return values.astype(bool)
+    raise ReportInputError(
+        f"{locate(0)}: column 'response_mask' must be booleans (or 0/1), got values of type {values.dtype}"
+    )
+
+
+def _integer_values(
+    name: str, values: np.ndarray, rows: np.ndarray, locate: Callable[[int], str], minimum: int | None
+) -> np.ndarray:
+    """An integer column at the response rows as int64: floats must be whole and fit int64; `minimum` checked."""
+    picked = values[rows]
+    if picked.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(
+                ~np.isfinite(picked) | (picked != np.floor(picked)) | (np.abs(picked) >= _INT64_LIMIT)
+            )
+        if bad.size:
+            raise ReportInputError(
+                f"{locate(int(rows[bad[0]]))}: column {name!r} must hold integers, found {picked[bad[0]]!r}"
+            )
+        picked = picked.astype(np.int64)
+    elif picked.dtype.kind == "u":
+        if picked.size and picked.max() >= 2**63:
+            i = int(np.argmax(picked))
+            raise ReportInputError(f"{locate(int(rows[i]))}: column {name!r} is too large: {picked[i]}")
+        picked = picked.astype(np.int64)
+    elif picked.dtype.kind not in "i":
+        raise ReportInputError(
+            f"{locate(int(rows[0]) if rows.size else 0)}: column {name!r} must hold integers, "
+            f"got values of type {picked.dtype}"
+        )
+    picked = picked.astype(np.int64, copy=False)
+    if minimum is not None:
+        low = np.flatnonzero(picked < minimum)
+        if low.size:
+            raise ReportInputError(
+                f"{locate(int(rows[low[0]]))}: column {name!r} must be >= {minimum}, found {picked[low[0]]}"
+            )
+    return picked
+
+
 def build_chunk(
     columns: Mapping[str, Any], source: str, locate: Callable[[int], str] | None = None
 ) -> TokenChunk:
     """Columns of one batch of rows (numpy arrays or Arrow arrays) → `TokenChunk` of its response tokens.
 
     `locate(i)` describes row i of the batch for error messages (e.g. "file:line 12"); default "source row i".
+    Checked here, for every reader: response_mask holds booleans or exactly 0 / 1 (every row); on response
+    rows step, sequence and position are whole numbers that fit int64, step and position >= 0.
     """
     locate = locate or (lambda i: f"{source} row {i}")
     for name in REQUIRED_COLUMNS:
@@ -283,27 +389,32 @@ def build_chunk(
                 raise ReportInputError(f"{locate(first)}: column {name!r} must not be null")
             values = values.to_numpy(zero_copy_only=False)
         ints[name] = np.asarray(values)
-    keep = ints["response_mask"].astype(bool)
+    keep = _mask_values(ints["response_mask"], locate)
     rows = np.flatnonzero(keep)
+    checked = {
+        name: _integer_values(name, ints[name], rows, locate, minimum)
+        for name, minimum in (("step", 0), ("sequence", None), ("position", 0))
+    }
     optional: dict[str, np.ndarray] = {}
     for name in _CHUNK_OPTIONAL:
         if name in columns and columns[name] is not None:
-            optional[name] = _float(columns[name])[rows]
+            optional[name] = _float(columns[name], name, source)[rows]
     if all(c in columns and columns[c] is not None for c in LIST_COLUMNS):
         optional |= _topk_columns(columns, rows, locate)
     chunk = TokenChunk(
         source=source,
-        step=ints["step"][rows].astype(np.int64),
-        sequence=ints["sequence"][rows].astype(np.int64),
-        position=ints["position"][rows].astype(np.int64),
-        rollout_logprob=_float(columns["rollout_logprob"])[rows],
-        logprob=_float(columns["logprob"])[rows],
-        advantage=_float(columns["advantage"])[rows],
+        step=checked["step"],
+        sequence=checked["sequence"],
+        position=checked["position"],
+        rollout_logprob=_float(columns["rollout_logprob"], "rollout_logprob", source)[rows],
+        logprob=_float(columns["logprob"], "logprob", source)[rows],
+        advantage=_float(columns["advantage"], "advantage", source)[rows],
         optional=optional,
+        locate=lambda i: locate(int(rows[i])),
     )
     for name in LOGPROB_COLUMNS:
         values = getattr(chunk, name, None) if name in ("rollout_logprob", "logprob") else chunk.get(name)
-        if values is None:
+        if values is None or values.size == 0:
             continue
         with np.errstate(invalid="ignore"):
             bad = np.flatnonzero((values > LOGPROB_TOLERANCE).reshape(values.shape[0], -1).any(axis=1))

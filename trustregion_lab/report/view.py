@@ -1,16 +1,19 @@
 """Per-chunk derived arrays: which tokens each statistic may use, ratios, divergence estimates and masks.
 
-A `MaskSpec` names a mask (method of `trustregion_lab.masks.METHODS`, thresholds low/high, anchor "rollout" or
-"recompute"). For each spec the view gives, over the chunk's response tokens `[n]`:
-    in_set: the token enters the spec's mask statistics: Â finite and ≠ 0, and every value the mask needs finite
-            (log μ(a), log π(a); log π_old(a) for the recompute anchor; the top-K lists for Top-K methods;
-            tv_exact / kl_exact for the exact methods);
-    drop:   the mask drops it (docs/design.md §2 rules, computed by `trustregion_lab.masks.trust_region_mask`).
-The exact methods have no logits here: their rule is applied to the table's tv_exact / kl_exact column D:
-    drop = (Â > 0 and D > high and π(a) > μ(a)) or (Â < 0 and D > low and π(a) < μ(a)).
-Top-K methods get the trainer's side as logits over a local vocabulary of K + 1 outcomes: the reported ids'
-log π plus one outcome holding π's rest mass log(1 − Σ_S π_v); their log-softmax returns exactly those
-log-probs, so `topk_tv`/`topk_kl` and the masks see the same two distributions as with full logits.
+A `ReportMask` names a mask (a method of `trustregion_lab.masks.METHODS`, thresholds low/high, anchor
+"rollout" or "recompute"). Every mask is read from the registry entry — its rule, its estimate, what it needs
+and its `min_anchor_prob` — so a method added there is a method of the report. For each mask the view gives,
+over the chunk's response tokens `[n]`:
+    in_set: the token enters the mask's statistics: Â finite and ≠ 0, and every value the mask needs finite
+            (log μ(a), log π(a); log π_old(a) for the recompute anchor; the top-K lists for methods that need
+            top-K ids; the table's exact divergence column for methods that need full logits);
+    drop:   the registry's rule on the critical thresholds (`masks.MaskMethod.critical`):
+            drop = (Â > 0 and c_up > high) or (Â < 0 and c_down > low).
+Methods that need full logits (exact TV / KL) have none here: their estimate D is the table's tv_exact /
+kl_exact column (`exact_column`), passed to the registry's rule as the precomputed estimate. Top-K methods get
+the trainer's side as logits over a local vocabulary of K + 1 outcomes: the reported ids' log π plus one
+outcome holding π's rest mass log(1 − Σ_S π_v); their log-softmax returns exactly those log-probs, so the
+registry's Top-K estimates see the same two distributions as with full logits.
 """
 
 from __future__ import annotations
@@ -19,29 +22,51 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import torch
 from scipy.special import logsumexp
 
-from trustregion_lab import divergence, masks
+from trustregion_lab import masks
 from trustregion_lab.report.schema import TokenChunk
 
-__all__ = ["DIVERGENCE_OF", "MaskSpec", "TokenView"]
+__all__ = ["ReportMask", "TokenView", "exact_column", "needed_column"]
 
-# DPPO method → the divergence estimate its rule thresholds
-DIVERGENCE_OF: dict[str, str] = {
-    "dppo_binary_tv": "binary_tv",
-    "dppo_binary_kl": "binary_kl",
-    "dppo_topk_tv": "topk_tv",
-    "dppo_topk_kl": "topk_kl",
-    "dppo_exact_tv": "tv_exact",
-    "dppo_exact_kl": "kl_exact",
-}
 _UNUSED_LOGIT = -1.0e4  # exp(−1e4) = 0 in float64: an unused top-K slot holds no mass
 _REST_FLOOR = -700.0
 
 
+def _entry(method: str) -> masks.MaskMethod:
+    return masks.METHODS[masks.check_method(method)]
+
+
+def _needs_topk(method: str) -> bool:
+    return "topk_ids" in _entry(method).needs
+
+
+def exact_column(method: str) -> str | None:
+    """The table column holding the estimate of a method that needs full logits ("tv_exact" / "kl_exact")."""
+    entry = _entry(method)
+    if "anchor_logits" not in entry.needs:
+        return None
+    return f"{entry.divergence}_exact" if entry.divergence in ("tv", "kl") else "full logits"
+
+
+def needed_column(method: str, anchor: str = "rollout") -> str | None:
+    """The optional table column a mask cannot do without (None: the required columns suffice).
+
+    The recompute anchor needs old_logprob, and only the methods that read log-probs alone have it (the table
+    holds no π_old top-K log-probs or exact divergences).
+    """
+    if anchor == "recompute":
+        return "old_logprob" if not _entry(method).needs else "π_old top-K / logits"
+    if _needs_topk(method):
+        return "topk_ids"
+    return exact_column(method)
+
+
 @dataclass(frozen=True)
-class MaskSpec:
-    """One mask of the report: method, thresholds and anchor ("rollout" or "recompute")."""
+class ReportMask:
+    """One mask of the report: method (a `masks.METHODS` name), thresholds and anchor ("rollout" or
+    "recompute")."""
 
     method: str
     low: float
@@ -64,8 +89,7 @@ class TokenView:
         self.ok = np.isfinite(chunk.logprob) & np.isfinite(chunk.rollout_logprob)
         self.adv_ok = np.isfinite(chunk.advantage)
         self.graded = self.ok & self.adv_ok & (np.nan_to_num(chunk.advantage) != 0)
-        self._drops: dict[MaskSpec, tuple[np.ndarray, np.ndarray]] = {}
-        self._divergences: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._drops: dict[ReportMask, tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ ratios
     @cached_property
@@ -109,106 +133,90 @@ class TokenView:
         local_ids = np.where(used, np.arange(ids.shape[1])[None, :], -1)
         return local_ids, lmu, logits
 
-    # ------------------------------------------------------------------ divergences
-    def divergence(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(available `[n]` bool, D `[n]` float64, NaN where unavailable) for a `DIVERGENCE_OF` estimate."""
-        if name not in self._divergences:
-            self._divergences[name] = self._compute_divergence(name)
-        return self._divergences[name]
-
-    def _compute_divergence(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    # ------------------------------------------------------------------ estimates
+    def exact_estimate(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """(available `[n]`, D `[n]` NaN where unavailable) from the table's exact column (tv_exact, kl_exact)."""
+        values = self.chunk.get(column)
         out = np.full(self.n, np.nan)
-        if name in ("tv_exact", "kl_exact"):
-            column = self.chunk.get(name)
-            if column is None:
-                return np.zeros(self.n, dtype=bool), out
-            ok = self.ok & np.isfinite(column)
-            out[ok] = column[ok]
-            return ok, out
-        if name in ("topk_tv", "topk_kl"):
-            ok = self.ok & self.topk_ok
-            rows = np.flatnonzero(ok)
-            if rows.size:
-                ids, lmu, logits = self._topk_arrays(rows)
-                fn = divergence.topk_tv if name == "topk_tv" else divergence.topk_kl
-                out[rows] = fn(lmu, ids, logits)
-            return ok, out
-        rows = np.flatnonzero(self.ok)
-        if rows.size:
-            fn = divergence.binary_tv if name == "binary_tv" else divergence.binary_kl
-            out[rows] = fn(self.chunk.rollout_logprob[rows], self.chunk.logprob[rows])
-        return self.ok.copy(), out
+        if values is None:
+            return np.zeros(self.n, dtype=bool), out
+        ok = self.ok & np.isfinite(values)
+        out[ok] = values[ok]
+        return ok, out
+
+    def available(self, spec: ReportMask) -> np.ndarray:
+        """Tokens whose inputs `spec` needs are all finite `[n]` (advantage included)."""
+        ok = self.ok & self.adv_ok
+        if spec.anchor == "recompute":
+            old = self.chunk.get("old_logprob")
+            if old is None or _entry(spec.method).needs:
+                return np.zeros(self.n, dtype=bool)
+            ok = ok & np.isfinite(old)
+        if _needs_topk(spec.method):
+            ok = ok & self.topk_ok
+        column = exact_column(spec.method)
+        if column is not None:
+            ok = ok & self.exact_estimate(column)[0]
+        return ok
+
+    def _critical_rows(self, method: str, anchor: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(c_up, c_down) float64 `[m]` at `rows` from the registry entry (rule, estimate, min_anchor_prob)."""
+        entry = _entry(method)
+        c = self.chunk
+        anchor_lp = c.get("old_logprob") if anchor == "recompute" else c.rollout_logprob
+        fields: dict[str, torch.Tensor] = {}
+        estimate = None
+        if _needs_topk(method):
+            ids, lmu_k, logits = self._topk_arrays(rows)
+            fields = {
+                "topk_ids": torch.from_numpy(ids),
+                "anchor_topk_logprobs": torch.from_numpy(lmu_k),
+                "logits": torch.from_numpy(logits),
+            }
+        column = exact_column(method)
+        if column is not None:
+            estimate = torch.from_numpy(self.exact_estimate(column)[1][rows])
+        x = masks.MaskInputs(
+            logprob=torch.from_numpy(c.logprob[rows]),
+            anchor_logprob=torch.from_numpy(anchor_lp[rows]),
+            anchor_name="old" if anchor == "recompute" else "rollout",
+            **fields,
+        )
+        up, down = entry.critical(x, estimate)
+        return up.numpy(), down.numpy()
 
     # ------------------------------------------------------------------ masks
-    def in_set(self, spec: MaskSpec) -> np.ndarray:
+    def in_set(self, spec: ReportMask) -> np.ndarray:
         """Tokens that enter `spec`'s mask statistics `[n]` (see module docstring)."""
         return self.drop(spec)[0]
 
-    def drop(self, spec: MaskSpec) -> tuple[np.ndarray, np.ndarray]:
+    def drop(self, spec: ReportMask) -> tuple[np.ndarray, np.ndarray]:
         """(in_set `[n]`, drop `[n]`, False outside the set) for one mask."""
         if spec not in self._drops:
             self._drops[spec] = self._compute_drop(spec)
         return self._drops[spec]
 
-    def available(self, spec: MaskSpec) -> np.ndarray:
-        """Tokens whose inputs `spec` needs are all finite `[n]` (advantage included)."""
-        ok = self.ok & self.adv_ok
-        if spec.anchor == "recompute":
-            old = self.chunk.get("old_logprob")
-            ok = ok & (np.isfinite(old) if old is not None else False)
-        if spec.method in ("dppo_topk_tv", "dppo_topk_kl"):
-            ok = ok & self.topk_ok
-        if spec.method in ("dppo_exact_tv", "dppo_exact_kl"):
-            ok = ok & self.divergence(DIVERGENCE_OF[spec.method])[0]
-        return ok
-
-    def _compute_drop(self, spec: MaskSpec) -> tuple[np.ndarray, np.ndarray]:
+    def _compute_drop(self, spec: ReportMask) -> tuple[np.ndarray, np.ndarray]:
         members = self.available(spec) & self.graded
         drop = np.zeros(self.n, dtype=bool)
         rows = np.flatnonzero(members)
         if rows.size == 0:
             return members, drop
-        c = self.chunk
-        lp, lmu, adv = c.logprob[rows], c.rollout_logprob[rows], c.advantage[rows]
-        if spec.method in ("dppo_exact_tv", "dppo_exact_kl"):
-            d = self.divergence(DIVERGENCE_OF[spec.method])[1][rows]
-            drop[rows] = ((adv > 0) & (d > spec.high) & (lp > lmu)) | (
-                (adv < 0) & (d > spec.low) & (lp < lmu)
-            )
-            return members, drop
-        kwargs = {}
-        if spec.anchor == "recompute":
-            kwargs["old_logprob"] = c.get("old_logprob")[rows]
-        if spec.method in ("dppo_topk_tv", "dppo_topk_kl"):
-            ids, lmu_k, logits = self._topk_arrays(rows)
-            kwargs.update(topk_ids=ids, rollout_topk_logprobs=lmu_k, logits=logits)
-        keep = masks.trust_region_mask(
-            spec.method,
-            logprob=lp,
-            rollout_logprob=lmu,
-            advantages=adv,
-            low=spec.low,
-            high=spec.high,
-            **kwargs,
-        )
-        drop[rows] = ~np.asarray(keep, dtype=bool)
+        up, down = self._critical_rows(spec.method, spec.anchor, rows)
+        adv = self.chunk.advantage[rows]
+        drop[rows] = ((adv > 0) & (up > spec.high)) | ((adv < 0) & (down > spec.low))
         return members, drop
 
     def critical(self, method: str) -> tuple[np.ndarray, np.ndarray]:
         """(members `[n]`, c `[n]`): the symmetric threshold above which `method` drops each graded token.
 
-        ppo: c = r − 1 (Â > 0), 1 − r (Â < 0); DPPO: c = D when the update moves π(a) away from μ(a)
-        ((Â > 0 and π(a) > μ(a)) or (Â < 0 and π(a) < μ(a))), else −∞. Rollout anchor. A token is dropped at
-        low = high = t exactly when c > t (the rules of docs/design.md §2).
+        c = c_up for Â > 0 and c_down for Â < 0 (the registry's critical thresholds, rollout anchor; −∞ where
+        the method never drops the token), so at low = high = t a token is dropped exactly when c > t.
         """
-        adv = self.chunk.advantage
-        if method == "ppo":
-            members = self.graded
-            c = np.where(adv > 0, self.ratio - 1.0, 1.0 - self.ratio)
-        else:
-            ok, d = self.divergence(DIVERGENCE_OF[method])
-            members = self.graded & ok
-            lp, lmu = self.chunk.logprob, self.chunk.rollout_logprob
-            outward = ((adv > 0) & (lp > lmu)) | ((adv < 0) & (lp < lmu))
-            c = np.where(outward, d, -np.inf)
-        return members, np.where(members, c, -np.inf)
+        members = self.available(ReportMask(method, 0.0, 0.0)) & self.graded
+        c = np.full(self.n, -np.inf)
+        rows = np.flatnonzero(members)
+        if rows.size:
+            up, down = self._critical_rows(method, "rollout", rows)
+            c[rows] = np.where(self.chunk.advantage[rows] > 0, up, down)
+        return members, c

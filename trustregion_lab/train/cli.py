@@ -126,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint = Path(args.checkpoint_dir) / CHECKPOINT_NAME if args.checkpoint_dir else None
         if checkpoint is not None and checkpoint.exists():
             trainer.load_checkpoint(checkpoint)
+        if args.export_tokens:  # a resumed run may hold its own earlier steps there, nothing else
+            from trustregion_lab.report.table import check_export_folder
+
+            check_export_folder(args.export_tokens, first_step=trainer.step + 1)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     table = trainer.train(args.checkpoint_dir or None)  # errors here are bugs: traceback, exit 1
