@@ -142,7 +142,7 @@ def update(
                 low=variant.low,
                 high=variant.high,
                 ratio_cap=variant.ratio_cap,
-                agg=config.agg,
+                agg=variant.agg or config.agg,
                 log_ratio_penalty=variant.log_ratio_penalty,
                 logits=logits,
                 **mb.mask_inputs(variant.anchor),
