@@ -158,3 +158,68 @@ def test_quantized_engines_mismatch_at_the_warm_start_lies_in_its_band(tmp_path,
     assert tv["model-bf16"] < tv["model-fp8"] < tv["model-int4"]
     assert tv["model-fp8"] < tv["model-fp8-e5m2"]
     assert 2 <= tv["model-fp8"] / tv["model-bf16"] <= 15
+
+
+# ---- the training step's fast paths (benchmarks/bench_train.py measures them) ----------------------------------
+
+
+def test_head_on_the_answer_positions_equals_the_full_forward_slice():
+    model = _model(d_model=32, d_ff=64)
+    tokens = torch.randint(0, 50, (6, 11), generator=torch.Generator().manual_seed(SEED + 2))
+    start = 4
+    full = model(tokens)[:, start:]
+    part = model(tokens, start=start)
+    assert part.shape == (6, 7, 50)
+    torch.testing.assert_close(part, full, rtol=1e-6, atol=1e-7)
+    grads = []
+    for logits in (full, part):
+        model.zero_grad()
+        (torch.log_softmax(logits, -1)[..., 3] * torch.linspace(-1, 1, 7)).sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)  # the head's gradient: another summation order
+    with pytest.raises(ValueError, match="start"):
+        model(tokens, start=11)
+
+
+def test_start_metrics_equal_a_float64_reference():
+    from tests import reference as ref
+    from trustregion_lab.train.batch import RolloutBatch
+    from trustregion_lab.train.step import start_metrics
+
+    rng = np.random.default_rng(SEED + 3)
+    print("seed", SEED + 3)
+    b, t, v = 5, 4, 300
+    mu_logits = rng.normal(0, 3, (b, t, v)).astype(np.float32)
+    old_logits = (mu_logits + rng.normal(0, 0.05, (b, t, v))).astype(np.float32)
+    old_logits[0, 0, 7] = 60.0  # a near-deterministic state
+    tokens = rng.integers(0, v, (b, t))
+    resp = rng.random((b, t)) < 0.8
+    resp[0, 0] = True
+    lmu = ref.logprobs(mu_logits.astype(np.float64))
+    lpi = ref.logprobs(old_logits.astype(np.float64))
+    pick = lambda full: np.take_along_axis(full, tokens[..., None], -1)[..., 0]  # noqa: E731
+    batch = RolloutBatch(
+        tokens=torch.from_numpy(tokens),
+        rollout_logprob=torch.from_numpy(pick(lmu).astype(np.float32)),
+        rollout_logits=torch.from_numpy(mu_logits),
+        topk_ids=torch.zeros(b, t, 1, dtype=torch.int64),
+        topk_logprobs=torch.zeros(b, t, 1),
+        response_mask=torch.from_numpy(resp),
+        rewards=torch.zeros(b),
+        advantages=torch.zeros(b),
+        old_logits=torch.from_numpy(old_logits),
+        old_logprob=torch.from_numpy(pick(lpi).astype(np.float32)),
+    )
+    got = start_metrics(batch)
+    p, q = np.exp(lpi)[resp], np.exp(lmu)[resp]
+    entropy = -(p * lpi[resp]).sum(-1)
+    assert got["entropy"] == pytest.approx(entropy.mean(), rel=1e-5)
+    assert got["tv_exact_start"] == pytest.approx(0.5 * np.abs(p - q).sum(-1).mean(), rel=1e-4)
+    kl = (q * (lmu[resp] - lpi[resp])).sum(-1)
+    assert got["kl_exact_start"] == pytest.approx(kl.mean(), rel=1e-3)
+    gap = (
+        np.exp(pick(lpi).astype(np.float32).astype(np.float64))[resp]
+        - np.exp(pick(lmu).astype(np.float32).astype(np.float64))[resp]
+    )
+    assert got["mismatch_mean"] == pytest.approx(np.abs(gap).mean(), rel=1e-9)
