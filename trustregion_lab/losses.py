@@ -137,6 +137,8 @@ def policy_loss(
     (default: low/high for "ppo", else 0.2/0.2); log_ratio_penalty: c ≥ 0 of the c · (log r)² term (module
     docstring). The remaining keyword arguments are passed to the mask, see
     `trustregion_lab.masks.trust_region_mask`. The loss is float32 (float64 for float64 inputs).
+    method may also name a `masks.CORRECTION_METHODS` rule (low, high: the band or clip around 1; the sequences
+    are the rows of `[..., time]`); such a rule reads only ``old_logprob`` (its anchor) of those keywords.
     """
     method = check_any_method(method)
     low = check_threshold("low", low)
