@@ -62,7 +62,8 @@ NO_CAP = math.inf
 
 @dataclass(frozen=True)
 class Variant:
-    """One row: mask method, thresholds, anchor and ratio cap (see the module docstring)."""
+    """One row: mask method (a key of ``masks.METHODS`` or ``masks.CORRECTION_METHODS``), thresholds, anchor,
+    ratio cap, log-ratio penalty, and ``agg``: the loss aggregation the row requires ("" = the trainer config's)."""
 
     method: str
     low: float
