@@ -2,7 +2,10 @@
 
     loss_t = −Â_t · sg(min(r_t, ratio_cap)) · M_t · log π(a_t),     r_t = π(a_t)/μ(a_t),  sg = stop-gradient
 
-M_t is the trust-region mask of `trustregion_lab.masks` (paper Eq. 11–12). Its gradient is the masked,
+M_t is the trust-region mask of `trustregion_lab.masks` (paper Eq. 11–12). For a method of
+``masks.CORRECTION_METHODS`` (IcePop, sequence-level masked IS, GSPO: docs/design.md §9) M_t is that method's
+mask and r_t in the weight is replaced by the method's importance weight (the token ratio, the sequence's
+product R = Π_t r_t, or its geometric mean G = R^(1/n)), still as sg(min(·, C)). Its gradient is the masked,
 importance-sampled policy gradient −Â · min(r, C) · M · ∇log π; for method "ppo" (with r below the cap) it equals the
 gradient of PPO's clipped objective −min(r Â, clip(r, 1 − low, 1 + high) Â), since PPO's min selects the
 clipped (constant) branch exactly when the ratio rule of the mask drops the token.
@@ -39,7 +42,15 @@ import torch
 
 from trustregion_lab._arrays import ArrayLike, Converter, check_logprobs, check_same_shape
 from trustregion_lab._validate import check_choice, check_real, check_threshold
-from trustregion_lab.masks import broadcast_advantages, check_method, outside_region
+from trustregion_lab.masks import (
+    CORRECTION_METHODS,
+    broadcast_advantages,
+    check_any_method,
+    correction_log_stat,
+    correction_log_weight,
+    correction_outside,
+    outside_region,
+)
 
 __all__ = ["AGGREGATIONS", "DESIGN_METRICS", "METRIC_NAMES", "aggregate", "policy_loss"]
 
@@ -126,8 +137,10 @@ def policy_loss(
     (default: low/high for "ppo", else 0.2/0.2); log_ratio_penalty: c ≥ 0 of the c · (log r)² term (module
     docstring). The remaining keyword arguments are passed to the mask, see
     `trustregion_lab.masks.trust_region_mask`. The loss is float32 (float64 for float64 inputs).
+    method may also name a `masks.CORRECTION_METHODS` rule (low, high: the band or clip around 1; the sequences
+    are the rows of `[..., time]`); such a rule reads only ``old_logprob`` (its anchor) of those keywords.
     """
-    method = check_method(method)
+    method = check_any_method(method)
     low = check_threshold("low", low)
     high = check_threshold("high", high)
     cap = check_real("ratio_cap", ratio_cap, positive=True, allow_inf=True)
@@ -165,16 +178,31 @@ def policy_loss(
     }
     extra = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in extra.items()}
     with torch.no_grad():
-        up, down = outside_region(method, logprob=lp_const, rollout_logprob=lmu, low=low, high=high, **extra)
+        log_r = lp_const.double() - lmu.double()
+        if method in CORRECTION_METHODS:  # the field's remedies: token bands and sequence-level rules
+            entry = CORRECTION_METHODS[method]
+            old = extra["old_logprob"]
+            if old is None:
+                log_anchor_r = log_r
+            else:
+                old = check_logprobs(conv.place(conv.tensor(old, "old_logprob")), "old_logprob")
+                check_same_shape(old, "old_logprob", lp, "logprob")
+                log_anchor_r = lp_const.double() - old.double()
+            up, down = correction_outside(entry, correction_log_stat(entry, log_anchor_r, resp), low, high)
+            log_weight = correction_log_weight(entry, log_r, resp)
+        else:
+            up, down = outside_region(
+                method, logprob=lp_const, rollout_logprob=lmu, low=low, high=high, **extra
+            )
+            log_weight = log_r
         # PPO's rule on the importance ratio r = π/μ, whatever the method's anchor: one yardstick for every row
         clip_up, clip_down = outside_region(
             "ppo", logprob=lp_const, rollout_logprob=lmu, low=clip_low, high=clip_high
         )
         pos, neg = resp & (adv > 0), resp & (adv < 0)
         keep = ~((pos & up) | (neg & down))
-        log_r = lp_const.double() - lmu.double()
         ratio = torch.exp(log_r)
-        weight = ratio.clamp(max=cap)
+        weight = torch.exp(log_weight).clamp(max=cap)
         # zero (not 0 · inf = NaN) where a token carries no gradient: padding, Â = 0, masked, or r = inf uncapped
         cdtype = torch.float64 if lp.dtype == torch.float64 else torch.float32
         coef = torch.where(keep & (pos | neg), -adv.double() * weight, 0.0).to(cdtype)

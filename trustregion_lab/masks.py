@@ -31,6 +31,22 @@ there instead; the Top-K and exact methods then need ``old_logits`` (π_old's fu
 
 Adding a method is one entry: ``METHODS["my_method"] = MaskMethod("divergence", estimate=my_estimate)`` with
 ``my_estimate(x: MaskInputs) -> D`` (float64, shape of ``x.logprob``).
+
+The field's remedies for the mismatch (docs/design.md §9) are rules ``METHODS``' signed per-token rule cannot
+express; they live in a second registry, ``CORRECTION_METHODS``, of ``MaskMethod`` entries with rule "ratio" and
+two more fields: ``level`` — "token" (the statistic is the token's ratio r_t = π(a_t)/anchor(a_t)) or "sequence"
+(one statistic per sequence over its valid tokens, shared by all of them: the product R = Π_t r_t, or the
+geometric mean G = (Π_t r_t)^(1/n), n = valid tokens, by ``sequence_stat``); and ``sides`` — "advantage" (the
+shared drop rule: drop if Â > 0 and stat > 1 + high, or Â < 0 and stat < 1 − low) or "both" (drop if stat lies
+outside [1 − low, 1 + high] whatever the sign of Â: a band, not a trust region). Thresholds are deviations from 1
+as for the ratio rule (a band [a, b] is low = 1 − a, high = b − 1). Entries:
+    icepop       token band: keep r_t ∈ [1 − low, 1 + high]  (IcePop: [0.5, 5] → low 0.5, high 4)
+    seq_mis      sequence band on R = Π_t r_t  (sequence-level masked IS: [0.5, 2] → low 0.5, high 1)
+    seq_geo_mis  sequence band on G = (Π_t r_t)^(1/n)  ([0.99, 1.01] → low = high = 0.01)
+    gspo         signed rule on G (GSPO's sequence ratio, clipped at 1 − 3e-4 / 1 + 4e-4)
+Each also names the importance weight its loss uses (``weight``: "token" r_t, "sequence" R, "geometric" G; the
+surrogate caps it at C). ``correction_mask`` is the keep mask (layout `[..., time]`: the last axis is time,
+leading axes index sequences; a 1-D input is one sequence); ``sequence_statistic`` the per-token view of R or G.
 """
 
 from __future__ import annotations
@@ -46,18 +62,26 @@ from trustregion_lab._arrays import ArrayLike, Converter, check_finite, check_lo
 from trustregion_lab._validate import check_choice, check_threshold
 
 __all__ = [
+    "CORRECTION_METHODS",
     "METHODS",
     "RULES",
     "MaskInputs",
     "MaskMethod",
     "broadcast_advantages",
+    "check_any_method",
     "check_method",
+    "correction_mask",
     "critical_thresholds",
     "outside_region",
+    "sequence_statistic",
     "trust_region_mask",
 ]
 
 RULES = ("ratio", "divergence", "none")
+LEVELS = ("token", "sequence")
+SIDES = ("advantage", "both")
+SEQUENCE_STATS = ("product", "geometric")
+WEIGHTS = ("token", "sequence", "geometric")
 
 
 @dataclass(frozen=True)
@@ -109,11 +133,21 @@ class MaskMethod:
     needs: tuple[str, ...] = ()
     min_anchor_prob: float = 0.0
     description: str = ""
+    level: str = "token"
+    sides: str = "advantage"
+    sequence_stat: str = "product"
+    weight: str = "token"
 
     def __post_init__(self) -> None:
         check_choice("rule", self.rule, RULES)
         if self.rule == "divergence" and self.estimate is None:
             raise ValueError("a method with the divergence rule needs an estimate")
+        check_choice("level", self.level, LEVELS)
+        check_choice("sides", self.sides, SIDES)
+        check_choice("sequence_stat", self.sequence_stat, SEQUENCE_STATS)
+        check_choice("weight", self.weight, WEIGHTS)
+        if (self.level != "token" or self.sides != "advantage") and self.rule != "ratio":
+            raise ValueError("sequence-level and two-sided (sides='both') methods take the ratio rule")
 
     def critical(
         self, x: MaskInputs, estimate: torch.Tensor | None = None
@@ -204,9 +238,141 @@ METHODS: dict[str, MaskMethod] = {
     "none": MaskMethod("none", description="no mask (PG-IS)"),
 }
 
+CORRECTION_METHODS: dict[str, MaskMethod] = {
+    "icepop": MaskMethod(
+        "ratio", sides="both", description="IcePop: drop tokens with r outside [1 − low, 1 + high]"
+    ),
+    "seq_mis": MaskMethod(
+        "ratio",
+        level="sequence",
+        sides="both",
+        sequence_stat="product",
+        weight="sequence",
+        description="sequence masked IS: drop sequences with Π r outside [1 − low, 1 + high]; weight Π r",
+    ),
+    "seq_geo_mis": MaskMethod(
+        "ratio",
+        level="sequence",
+        sides="both",
+        sequence_stat="geometric",
+        description="geometric sequence mask: drop sequences with (Π r)^(1/n) outside [1 − low, 1 + high]",
+    ),
+    "gspo": MaskMethod(
+        "ratio",
+        level="sequence",
+        sequence_stat="geometric",
+        weight="geometric",
+        description="GSPO: clip rule on the sequence ratio (Π r)^(1/n); weight (Π r)^(1/n)",
+    ),
+}
+
 
 def check_method(method: object) -> str:
     return check_choice("method", method, METHODS)
+
+
+def check_any_method(method: object) -> str:
+    """A key of ``METHODS`` or of ``CORRECTION_METHODS`` (read at call time, so later registrations count)."""
+    return check_choice("method", method, [*METHODS, *CORRECTION_METHODS])
+
+
+def _sequence_log_stat(log_r: torch.Tensor, valid: torch.Tensor, stat: str) -> torch.Tensor:
+    """log R (Σ_t log r_t) or log G (its mean) of each sequence over valid tokens, broadcast back to every token.
+
+    log_r float64 `[..., time]`, valid bool `[..., time]`; a sequence without valid tokens gets 0 (R = G = 1).
+    """
+    total = torch.where(valid, log_r, 0.0).sum(-1, keepdim=True)
+    if stat == "geometric":
+        total = total / valid.sum(-1, keepdim=True).clamp(min=1).to(total.dtype)
+    return total.expand_as(log_r)
+
+
+def correction_log_stat(entry: MaskMethod, log_r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """log of the statistic ``entry``'s rule reads, per token (float64 `[..., time]`; module docstring)."""
+    if entry.level == "token":
+        return log_r
+    return _sequence_log_stat(log_r, valid, entry.sequence_stat)
+
+
+def correction_log_weight(entry: MaskMethod, log_r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """log of ``entry``'s importance weight per token: log r_t, log R or log G (float64 `[..., time]`)."""
+    if entry.weight == "token":
+        return log_r
+    return _sequence_log_stat(log_r, valid, "product" if entry.weight == "sequence" else "geometric")
+
+
+def correction_outside(
+    entry: MaskMethod, log_stat: torch.Tensor, low: float, high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out_up, out_down) bool from the log statistic: stat > 1 + high, stat < 1 − low; for sides "both" each is
+    their union (outside whatever the advantage's sign). Compared in log space: log stat > log1p(high)."""
+    up = log_stat > math.log1p(high)
+    down = log_stat < (math.log1p(-low) if low < 1 else -math.inf)
+    if entry.sides == "both":
+        up = down = up | down
+    return up, down
+
+
+def sequence_statistic(
+    method: str, *, logprob: ArrayLike, rollout_logprob: ArrayLike, response_mask: ArrayLike | None = None
+) -> ArrayLike:
+    """The statistic a correction method reads, per token `[..., time]` float64: r_t (token level), or the
+    sequence's R = Π_t r_t / G = (Π_t r_t)^(1/n) over its valid tokens, repeated on each of its tokens."""
+    entry = CORRECTION_METHODS[check_choice("method", method, CORRECTION_METHODS)]
+    conv = Converter()
+    lp, lmu, valid = _correction_inputs(conv, logprob, rollout_logprob, response_mask)
+    return conv.out_raw(torch.exp(correction_log_stat(entry, lp.double() - lmu.double(), valid)))
+
+
+def _correction_inputs(
+    conv: Converter, logprob: ArrayLike, anchor_logprob: ArrayLike, response_mask: ArrayLike | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lp = conv.place(conv.tensor(logprob, "logprob"))
+    lmu = conv.place(conv.tensor(anchor_logprob, "rollout_logprob"))
+    check_same_shape(lp, "logprob", lmu, "rollout_logprob")
+    if lp.ndim < 1:
+        raise ValueError(f"logprob must have shape [..., time], got a scalar {tuple(lp.shape)}")
+    lp, lmu = check_logprobs(lp, "logprob"), check_logprobs(lmu, "rollout_logprob")
+    if response_mask is None:
+        valid = torch.ones(lp.shape, dtype=torch.bool, device=lp.device)
+    else:
+        valid = conv.place(conv.tensor(response_mask, "response_mask", kind="bool"))
+        check_same_shape(valid, "response_mask", lp, "logprob")
+    return lp, lmu, valid
+
+
+def correction_mask(
+    method: str,
+    *,
+    logprob: ArrayLike,
+    rollout_logprob: ArrayLike,
+    advantages: ArrayLike,
+    low: float,
+    high: float,
+    response_mask: ArrayLike | None = None,
+    old_logprob: ArrayLike | None = None,
+) -> ArrayLike:
+    """Keep mask `[..., time]` of a ``CORRECTION_METHODS`` rule (True = the token keeps its gradient).
+
+    keep = not ((Â > 0 and out_up) or (Â < 0 and out_down)) with out_up / out_down from the method's statistic
+    (module docstring); for sides "both" that is: drop every Â ≠ 0 token whose statistic lies outside
+    [1 − low, 1 + high]. Padded (``response_mask`` False) and Â = 0 tokens are kept. Sequence statistics are
+    taken over the valid tokens of each sequence (the last axis is time). ``old_logprob`` moves the anchor from μ
+    to the recomputed π_old. advantages: `[..., time]` or `[batch]` for `[batch, time]`.
+    """
+    entry = CORRECTION_METHODS[check_choice("method", method, CORRECTION_METHODS)]
+    low = check_threshold("low", low)
+    high = check_threshold("high", high)
+    conv = Converter()
+    conv.adopt_device(old_logprob)
+    anchor = rollout_logprob if old_logprob is None else old_logprob
+    lp, alp, valid = _correction_inputs(conv, logprob, anchor, response_mask)
+    adv = broadcast_advantages(conv.place(conv.tensor(advantages, "advantages")), lp.shape)
+    up, down = correction_outside(
+        entry, correction_log_stat(entry, lp.double() - alp.double(), valid), low, high
+    )
+    drop = ((adv > 0) & up) | ((adv < 0) & down)
+    return conv.out_raw(~(drop & valid))
 
 
 def _mask_inputs(

@@ -38,6 +38,19 @@ p once; inside an op, torch's kernel in dtype p decides (for the ops below it co
   stored logits. A caller that wants μ's log-probabilities in fp32 applies ``torch.log_softmax`` to the
   returned float32 logits.
 
+Quantized engines (precision names of ``QUANTIZED_ENGINES``: "fp8-e4m3", "fp8-e5m2", "int4-g32"; quantizers in
+``trustregion_lab.policies.quantize``): everything is the bf16 engine above (embeddings, LayerNorms, attention,
+the KV cache and the LM head in bf16) except the four linear layers of every block (q|k|v, attention output,
+MLP in and out), whose weights are quantized from the model's float32 weights at every ``load_weights``:
+- "fp8-e4m3" (W8A8; "fp8-e5m2" the same in e5m2): W → FP8 with one scale per output channel,
+  s_W = amax_row / 448 (57,344 for e5m2); the bf16 input x → FP8 with one dynamic scale per token,
+  s_x = amax_token / 448; y = round_bf16(((q_x q_Wᵀ) · s_x) · s_W + b), the product q_x q_Wᵀ and everything after
+  it in float32 (each product of two FP8 values is exact in float32), b the bf16 bias;
+- "int4-g32" (weight-only): W → symmetric INT4 in groups of 32 input columns per row (scale amax_group / 7), the
+  dequantized weight q · s rounded to bf16 once, then the ordinary bf16 linear (bf16 activations).
+``precision`` is then "bf16" and ``quant`` names the quantization (the name above; "none" for the plain
+precisions).
+
 Shapes: prompts [B, P] int64 (1 ≤ P ≤ max_seq_len), tokens [B] int64, returned logits [B, vocab] float32.
 """
 
@@ -49,6 +62,7 @@ import torch
 from torch.nn import functional as F
 
 from trustregion_lab._validate import check_bool, check_choice, check_int
+from trustregion_lab.policies.quantize import fp8_quantize, int4_dequantize, int4_quantize
 from trustregion_lab.policies.transformer import DecoderTransformer, TransformerConfig
 
 __all__ = [
@@ -64,6 +78,14 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 MATMUL_MODES = ("auto", "native", "fp32-accumulate")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LN_EPS = 1e-5  # nn.LayerNorm's default, used by DecoderTransformer
+# quantized engines: name -> (precision of everything else, quantization of the blocks' linear layers)
+QUANTIZED_ENGINES = {
+    "fp8-e4m3": ("bf16", "fp8-e4m3"),
+    "fp8-e5m2": ("bf16", "fp8-e5m2"),
+    "int4-g32": ("bf16", "int4-g32"),
+}
+INT4_GROUP_SIZE = 32
+_BLOCK_LINEARS = (("qkv", "qkv"), ("out", "attn_out"), ("ff_in", "ff_in"), ("ff_out", "ff_out"))
 
 
 def precision_dtype(precision: str) -> torch.dtype:
@@ -101,6 +123,25 @@ class _Layer:
         self.ff_out: tuple[torch.Tensor, torch.Tensor]
 
 
+class _Fp8Pair(tuple):
+    """(weight, bias) buffers of a W8A8 linear, plus its FP8 weight ``qweight`` `[out, in]` (float32 holding FP8
+    values) and per-output-channel ``scale`` `[out]`, both set at every weight load."""
+
+    qweight: torch.Tensor
+    scale: torch.Tensor
+
+    @staticmethod
+    def fmt_of(quant: str) -> str:
+        return quant.removeprefix("fp8-")
+
+
+def _split_quantized(precision: object) -> tuple[object, str]:
+    """(precision of the unquantized parts, quantization) of a decoder precision name (``QUANTIZED_ENGINES``)."""
+    if isinstance(precision, str) and precision in QUANTIZED_ENGINES:
+        return QUANTIZED_ENGINES[precision]
+    return precision, "none"
+
+
 class KVCacheDecoder:
     """Incremental decoding of a ``DecoderTransformer``'s weights in ``precision``, with a KV cache.
 
@@ -112,6 +153,7 @@ class KVCacheDecoder:
     """
 
     def __init__(self, model: DecoderTransformer, precision: str = "fp32", *, matmul: str = "auto") -> None:
+        precision, self.quant = _split_quantized(precision)
         if not isinstance(model, DecoderTransformer):
             raise TypeError(f"model must be a DecoderTransformer, got {type(model).__name__}")
         self.precision = check_choice("precision", precision, PRECISIONS)
@@ -128,6 +170,10 @@ class KVCacheDecoder:
         self._length = 0
         self._batch = 0
         self._allocate_weights(model)
+        if self.quant.startswith("fp8"):  # the blocks' linears become W8A8 (quantized at every load_weights)
+            for layer in self._layers:
+                for name, _ in _BLOCK_LINEARS:
+                    setattr(layer, name, _Fp8Pair(getattr(layer, name)))
         self.load_weights(model)
 
     # ---- weights ------------------------------------------------------------------------------------------
@@ -196,6 +242,22 @@ class KVCacheDecoder:
                 buffer.copy_(param.detach())
             else:  # float32 holder of a p-rounded weight
                 buffer.copy_(param.detach().to(self.dtype))
+        if self.quant != "none":
+            self._quantize_linears(model)
+
+    @torch.no_grad()
+    def _quantize_linears(self, model: DecoderTransformer) -> None:
+        """Quantize the blocks' linear weights from the model's float32 values (module docstring, "Quantized")."""
+        for layer, block in zip(self._layers, model.blocks, strict=True):
+            for name, attr in _BLOCK_LINEARS:
+                weight = getattr(block, attr).weight.detach().float()
+                pair = getattr(layer, name)
+                if isinstance(pair, _Fp8Pair):
+                    pair.qweight, pair.scale = fp8_quantize(weight, pair.fmt_of(self.quant), dim=-1)
+                    pair.scale = pair.scale[:, 0]
+                else:  # int4-g32: the dequantized weight, rounded to p, in the ordinary linear's buffer
+                    q, scale = int4_quantize(weight, INT4_GROUP_SIZE)
+                    pair[0].copy_(int4_dequantize(q, scale, INT4_GROUP_SIZE).to(self.dtype))
 
     # ---- ops in the engine precision ---------------------------------------------------------------------
 
@@ -203,10 +265,18 @@ class KVCacheDecoder:
         self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | torch.Tensor
     ) -> torch.Tensor:
         """round_p(x W^T + b): x [..., d_in] in p -> [..., d_out] in p."""
+        if isinstance(weights, _Fp8Pair):
+            return self._fp8_linear(x, weights)
         weight, bias = weights if isinstance(weights, tuple) else (weights, None)
         if self._upcast_linears:
             return F.linear(x.float(), weight, bias).to(self.dtype)
         return F.linear(x, weight, bias)
+
+    def _fp8_linear(self, x: torch.Tensor, pair: _Fp8Pair) -> torch.Tensor:
+        """round_p(((q_x q_Wᵀ) · s_x) · s_W + b): W8A8 with per-token activation scales, fp32 accumulation."""
+        q_x, s_x = fp8_quantize(x.float(), pair.fmt_of(self.quant), dim=-1)
+        y = F.linear(q_x, pair.qweight) * s_x * pair.scale
+        return (y + pair[1].float()).to(self.dtype)
 
     def _norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.layer_norm(x, (self.config.d_model,), weights[0], weights[1], _LN_EPS)

@@ -136,8 +136,10 @@ class DecoderTransformer(nn.Module):
         nn.init.normal_(self.position_embedding.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits for the next token at every position: tokens [batch, seq] -> [batch, seq, vocab]."""
+    def forward(self, tokens: torch.Tensor, *, start: int = 0) -> torch.Tensor:
+        """Logits for the next token at positions start .. seq − 1: tokens [batch, seq] -> [batch, seq − start,
+        vocab] (every position by default). The blocks see the whole sequence; only the final LayerNorm and the
+        head skip the positions before ``start``, which a caller that reads only the answer's logits never uses."""
         if not isinstance(tokens, torch.Tensor):
             raise TypeError(
                 f"tokens must be a torch.Tensor [batch, seq] of int64 ids, got {type(tokens).__name__}"
@@ -147,11 +149,13 @@ class DecoderTransformer(nn.Module):
         seq_len = tokens.shape[1]
         if seq_len > self.config.max_seq_len:
             raise ValueError(f"sequence length {seq_len} exceeds max_seq_len={self.config.max_seq_len}")
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < max(seq_len, 1):
+            raise ValueError(f"start must be an int in [0, seq) = [0, {seq_len}), got {start!r}")
         positions = torch.arange(seq_len, device=tokens.device)
         hidden = self.token_embedding(tokens) + self.position_embedding(positions)[None]
         for block in self.blocks:
             hidden = block(hidden)
-        return self.head(self.final_norm(hidden))
+        return self.head(self.final_norm(hidden[:, start:] if start else hidden))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

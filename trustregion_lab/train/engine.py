@@ -9,6 +9,9 @@ Engines (``ENGINE_NAMES``; docs/design.md §3):
 - ``"model-bf16"``, ``"model-fp16"``, ``"model-fp32"`` (sequence trainer): a second implementation of the same
   transformer, its weights cast to that precision at each weight sync and decoded with its own KV-cache
   forward in that precision; μ = the log-softmax of its logits. The mismatch then depends on the weights.
+- ``"model-fp8"`` (W8A8 FP8 e4m3), ``"model-fp8-e5m2"`` (the same in e5m2), ``"model-int4"`` (weight-only INT4,
+  groups of 32): the bf16 model engine with the blocks' linear layers quantized at each weight sync
+  (``trustregion_lab.policies.decoding``, "Quantized engines"); the deployed engines of docs/design.md §9.
 
 ``TokenSampler`` draws one token per row: ``begin_step(step)`` re-seeds all randomness from (seed, step), so a
 checkpoint needs no engine state to resume bit for bit; ``sample(logits [N, V])`` returns an ``EngineSample``.
@@ -27,7 +30,14 @@ from trustregion_lab.mismatch import ENGINE_PRESETS, RolloutEngine, apply_set_ru
 
 __all__ = ["ENGINE_NAMES", "MODEL_ENGINES", "EngineSample", "TokenSampler"]
 
-MODEL_ENGINES = {"model-bf16": "bf16", "model-fp16": "fp16", "model-fp32": "fp32"}
+MODEL_ENGINES = {
+    "model-bf16": "bf16",
+    "model-fp16": "fp16",
+    "model-fp32": "fp32",
+    "model-fp8": "fp8-e4m3",
+    "model-fp8-e5m2": "fp8-e5m2",
+    "model-int4": "int4-g32",
+}
 ENGINE_NAMES = ("none", *ENGINE_PRESETS, *MODEL_ENGINES)
 
 

@@ -168,7 +168,7 @@ class SequenceTrainer(Trainer):
 
     def policy_logits(self, rows: torch.Tensor) -> torch.Tensor:
         """π_θ's logits [b, T, V] at the answer positions of the given rows (the fp32 full forward, with gradient)."""
-        return self.policy(self.inputs[rows])[:, self.task.prompt_length - 1 :]
+        return self.policy(self.inputs[rows], start=self.task.prompt_length - 1)
 
     @torch.no_grad()
     def served_logits(self) -> torch.Tensor:

@@ -10,7 +10,8 @@ and the metrics of every mini-batch are pooled over the step by their denominato
 Fig. 3 metrics, verl's ``rollout_probs_diff_*``), before any update of the step; over response tokens:
     mismatch_mean = mean |π(a) − μ(a)|,  mismatch_max = max (π(a) − μ(a)),  mismatch_min = min (π(a) − μ(a)),
     mismatch_k3_start = mean (r − 1 − log r),  ess_start = (Σ r)² / (n Σ r²),  r = π(a)/μ(a),
-    tv_exact_start, kl_exact_start = mean exact TV(μ, π), KL(μ‖π) per state,  entropy = mean H(π_old).
+    tv_exact_start, kl_exact_start = mean exact TV(μ, π), KL(μ‖π) per state,  entropy = mean H(π_old)
+(per state in float32, like the exact TV and KL of float32 logits; means in float64).
 With staleness > 0 the engine served older weights and these measure the staleness gap as well.
 """
 
@@ -95,8 +96,10 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
     diff = lp.exp() - lmu.exp()
     log_r = lp - lmu
     w = torch.exp(log_r - log_r.max())  # ESS is scale-free: normalise by the largest ratio
-    tv, kl = divergence.exact_tv_kl(batch.rollout_logits[mask], batch.old_logits[mask])
-    logp = torch.log_softmax(batch.old_logits[mask].double(), -1)
+    old_logits = batch.old_logits[mask]
+    tv, kl = divergence.exact_tv_kl(batch.rollout_logits[mask], old_logits)
+    # entropy per state in float32 (log-softmax, then −Σ p log p), averaged in float64
+    logp = torch.log_softmax(old_logits.float(), -1)
     return {
         "mismatch_mean": float(diff.abs().mean()),
         "mismatch_max": float(diff.max()),
@@ -105,7 +108,7 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
         "ess_start": float(w.sum() ** 2 / (w.numel() * (w**2).sum())),
         "tv_exact_start": float(tv.double().mean()),
         "kl_exact_start": float(kl.double().mean()),
-        "entropy": float(-(logp.exp() * logp).sum(-1).mean()),
+        "entropy": float((-(logp.exp() * logp).sum(-1)).double().mean()),
     }
 
 
@@ -142,7 +145,7 @@ def update(
                 low=variant.low,
                 high=variant.high,
                 ratio_cap=variant.ratio_cap,
-                agg=config.agg,
+                agg=variant.agg or config.agg,
                 log_ratio_penalty=variant.log_ratio_penalty,
                 logits=logits,
                 **mb.mask_inputs(variant.anchor),

@@ -21,6 +21,25 @@ What frameworks ship (read from their sources):
   ``kl_tau`` = 1e-3 times (log π − log μ)² on every trainable token.
 - ``minirl_tis``: the truncated-IS cap 2 is verl's ``rollout_is_threshold`` default (TIS; same verl commit,
   verl/trainer/config/algorithm.py).
+
+The field's remedies for the mismatch (docs/design.md §9; the rules are ``trustregion_lab.masks.CORRECTION_METHODS``,
+thresholds as deviations from 1: a band [a, b] is low = 1 − a, high = b − 1), all against μ:
+- ``tis``: token-level truncated IS, weight min(π/μ, 2), no mask. The cap 2 is verl's ``decoupled_token_is``
+  threshold (volcengine/verl b178a3cd56f5, verl/trainer/config/algorithm.py) and slime's ``--tis-clip`` default
+  (THUDM/slime 624b824a898a, slime/utils/arguments.py); both apply it as a factor on their PPO loss.
+- ``icepop``: tokens with π/μ outside [0.5, 5] masked, weight π/μ: verl's ``decoupled_token_icepop`` bounds
+  0.5 and 5.0 (verl-project/verl 0482624a7838, verl/trainer/config/algorithm.py).
+- ``seq_mis``: sequences whose product ratio Π_t π/μ lies outside [0.5, 2] masked, weight the product ratio
+  (capped at 2): verl's ``decoupled_seq_is_rs`` (sequence IS threshold 2.0, rejection ``seq_sum_k1`` with
+  bounds 0.5_2.0; volcengine/verl b178a3cd56f5, verl/trainer/config/algorithm.py).
+- ``seq_mis_geo``: its geometric-mean form, sequences with (Π_t π/μ)^(1/|y|) outside [0.99, 1.01] masked, token
+  weights π/μ uncapped as PG-IS. verl's ``decoupled_geo_rs`` (``seq_mean_k1``, same file and commit) defaults to
+  the narrower [0.999, 1.001].
+- ``gspo``: GSPO, the sequence ratio s = (Π_t π/μ)^(1/|y|) in PPO's clip rule with ε_low = 3e-4,
+  ε_high = 4e-4, weight s, aggregated "seq-mean-token-mean": verl's ``compute_policy_loss_gspo`` (which forces
+  that aggregation; verl/trainer/ppo/core_algos.py) and its example's clip ratios
+  (examples/gspo_trainer/test_gspo_3b_math.sh; volcengine/verl b178a3cd56f5). verl takes the ratio against
+  π_old; here, as every other row, against μ.
 """
 
 from __future__ import annotations
@@ -29,7 +48,8 @@ import math
 from dataclasses import dataclass, replace
 
 from trustregion_lab._validate import check_choice, check_real
-from trustregion_lab.masks import METHODS
+from trustregion_lab.losses import AGGREGATIONS
+from trustregion_lab.masks import check_any_method
 
 __all__ = ["ANCHORS", "VARIANTS", "Variant", "resolve_variant"]
 
@@ -42,7 +62,8 @@ NO_CAP = math.inf
 
 @dataclass(frozen=True)
 class Variant:
-    """One row: mask method, thresholds, anchor and ratio cap (see the module docstring)."""
+    """One row: mask method (a key of ``masks.METHODS`` or ``masks.CORRECTION_METHODS``), thresholds, anchor,
+    ratio cap, log-ratio penalty, and ``agg``: the loss aggregation the row requires ("" = the trainer config's)."""
 
     method: str
     low: float
@@ -52,9 +73,10 @@ class Variant:
     ratio: str = "rollout"
     log_ratio_penalty: float = 0.0
     description: str = ""
+    agg: str = ""  # the loss aggregation this row requires ("" = the trainer config's)
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, METHODS)
+        check_any_method(self.method)
         check_real("low", self.low, minimum=0.0, allow_inf=True)
         check_real("high", self.high, minimum=0.0, allow_inf=True)
         check_choice("anchor", self.anchor, ANCHORS)
@@ -62,6 +84,8 @@ class Variant:
             raise ValueError(f"ratio_cap must be > 0 (inf for no cap), got {self.ratio_cap!r}")
         check_choice("ratio", self.ratio, ANCHORS)
         check_real("log_ratio_penalty", self.log_ratio_penalty, minimum=0.0)
+        if self.agg:
+            check_choice("agg", self.agg, AGGREGATIONS)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -116,6 +140,33 @@ VARIANTS: dict[str, Variant] = {
         ratio_cap=NO_CAP,
         log_ratio_penalty=1e-3,
         description="prime-rl's default: Binary-TV 0.2 vs μ, no cap, 1e-3 (log r)²",
+    ),
+    # the field's remedies (module docstring): token TIS, IcePop, sequence masked IS and its geometric form, GSPO
+    "tis": Variant("none", 0.0, 0.0, ratio_cap=2.0, description="token TIS: weight min(π/μ, 2), no mask"),
+    "icepop": Variant(
+        "icepop", 0.5, 4.0, ratio_cap=NO_CAP, description="IcePop: mask tokens with π/μ outside [0.5, 5]"
+    ),
+    "seq_mis": Variant(
+        "seq_mis",
+        0.5,
+        1.0,
+        ratio_cap=2.0,
+        description="sequence MIS: mask sequences with Π π/μ outside [0.5, 2]",
+    ),
+    "seq_mis_geo": Variant(
+        "seq_geo_mis",
+        0.01,
+        0.01,
+        ratio_cap=NO_CAP,
+        description="geometric sequence mask: (Π π/μ)^(1/|y|) outside [0.99, 1.01]",
+    ),
+    "gspo": Variant(
+        "gspo",
+        3e-4,
+        4e-4,
+        ratio_cap=NO_CAP,
+        agg="seq-mean-token-mean",
+        description="GSPO: sequence ratio (Π π/μ)^(1/|y|) clipped at 1 − 3e-4 / 1 + 4e-4",
     ),
 }
 
