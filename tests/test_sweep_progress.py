@@ -197,3 +197,15 @@ def test_ctrl_c_with_worker_processes_stops_them_and_says_what_is_kept(tmp_path)
         time.sleep(0.1)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers outlived the sweep"
     assert not list((out / "runs").glob("*.csv"))
+
+
+def test_ray_tasks_forward_their_steps(tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        table = run_sweep(plan_sweep(_stepping_preset(steps=8, pause=0.3)), tmp_path / "out", backend="ray")
+    finally:
+        ray.shutdown()
+    assert sorted(table["x"]) == [0, 1]
+    err = capsys.readouterr().err
+    assert re.search(r"running: .*train [1-8]/8", err), err
