@@ -209,3 +209,28 @@ def test_ray_tasks_forward_their_steps(tmp_path, capsys):
     assert sorted(table["x"]) == [0, 1]
     err = capsys.readouterr().err
     assert re.search(r"running: .*train [1-8]/8", err), err
+
+
+def _verdict_figures(table: pd.DataFrame, config_columns: list[str]) -> dict:
+    """A figure function returning a stability verdict computed from the runs (one seed: claims n/a)."""
+    from trustregion_lab.analysis.stability import stability_verdict
+
+    summary = pd.DataFrame(
+        {"variant": "pg_is", "engine": "model-bf16", "seed": table["seed"], "drifted": False}
+    ).assign(collapsed=False, stable=True)
+    return {"stability_verdict.csv": stability_verdict(summary, "model-bf16", "model-fp32")}
+
+
+def test_the_sweep_prints_the_verdict_table_at_the_end(tmp_path, capsys):
+    preset = _stepping_preset(runs=1)
+    preset = Preset(preset.name, preset.help, preset.run, preset.defaults, seeds=1, figures=_verdict_figures)
+    code = _cli_with(preset, ["--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0
+    verdict = out[out.index("stability verdict") :].splitlines()
+    assert any(line.split()[:2] == ["pg_is", "model-bf16"] for line in verdict), out
+    claims = [line for line in verdict if line.startswith("claim: ")]
+    assert len(claims) == 4 and all(line.split()[-1] == "n/a" for line in claims), out
+    assert "stability verdict" not in capsys.readouterr().out
+    assert _cli_with(preset, ["--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""

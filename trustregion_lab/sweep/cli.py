@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -155,7 +156,9 @@ def _verdict_text(path: Path) -> str:
     import pandas as pd
 
     table = pd.read_csv(path, keep_default_na=False, dtype=str)
-    return table.to_string(index=False)
+    rows = [list(table.columns), *table.to_numpy().tolist()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(table.columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def _interrupted(out_dir: Path, exc: KeyboardInterrupt) -> int:
@@ -220,6 +223,7 @@ def _run(
         )
         return 1
     written: list[Path] = []
+    drawn_since = time.time()
     if not args.no_figures:
         from trustregion_lab import plots
 
@@ -231,8 +235,8 @@ def _run(
         print(f"{len(plan.runs)} runs, {len(table)} rows -> {out_dir / store.TABLE_NAME}")
         for path in written:
             print(f"figure: {path}")
-        for path in written:
-            if path.name == VERDICT_NAME:
-                print(f"\nstability verdict ({path}; n/a: the run is too small to judge that claim):")
-                print(_verdict_text(path))
+        verdict = figures_dir / VERDICT_NAME
+        if not args.no_figures and verdict.is_file() and verdict.stat().st_mtime >= drawn_since - 1:
+            print(f"\nstability verdict ({verdict}; n/a: the runs are too few to judge that claim):")
+            print(_verdict_text(verdict))
     return 0
