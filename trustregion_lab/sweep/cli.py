@@ -62,7 +62,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="python -m trustregion_lab.sweep",
         description=(
             "Run a named preset of trustregion_lab over a grid of parameters and seeds. Each run writes one "
-            "tidy CSV table (every row carries the configuration, seed, package version and git commit); "
+            "tidy CSV table (every row carries the configuration, seed and package version; the git commit is in "
+            "OUT/runs/<run id>.json); "
             "the runs are merged into OUT/table.csv and figures are drawn from the stored tables."
         ),
         epilog=_EXAMPLES,
