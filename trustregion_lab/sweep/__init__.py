@@ -17,7 +17,7 @@ Modules, one job each:
     cli        the command line (``main``)
 """
 
-from trustregion_lab.sweep.backends import RunError, run_sweep
+from trustregion_lab.sweep.backends import RunError, SweepInterrupted, run_sweep
 from trustregion_lab.sweep.cli import main
 from trustregion_lab.sweep.plan import (
     RunSpec,
@@ -37,6 +37,7 @@ __all__ = [
     "RunSpec",
     "StorageError",
     "SweepConfigError",
+    "SweepInterrupted",
     "SweepPlan",
     "available_presets",
     "expand_grid",

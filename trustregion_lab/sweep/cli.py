@@ -167,7 +167,7 @@ def _interrupted(out_dir: Path, exc: KeyboardInterrupt) -> int:
         kept = f"{exc.kept} of {exc.total} runs are kept in {out_dir}"
     else:
         kept = f"the finished runs are kept in {out_dir}"
-    print(f"\ninterrupted: {kept}; run the same command to resume", file=sys.stderr)
+    print(f"interrupted: {kept}; run the same command to resume", file=sys.stderr)
     return 130
 
 
