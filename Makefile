@@ -15,7 +15,7 @@ $(STAMP):
 	@$(PY) -c "import torch, trustregion_lab; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-sweep: $(STAMP)  ## the main job: default sweep -> results/default/{table,figures}
+sweep: $(STAMP)  ## the main job: default sweep -> results/default/{table,figures} (under a minute on 2 idle cores)
 	$(PY) -m trustregion_lab.sweep $(ARGS)
 
 test: $(STAMP)   ## the whole test suite (CPU only)
@@ -25,11 +25,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-figures: $(STAMP) ## regenerate the committed analysis figures under figures/ from a fresh default sweep (~15 s)
+figures: $(STAMP) ## regenerate the committed analysis figures under figures/ from a fresh default sweep (under a minute on 2 idle cores); leaves the tree clean
 	rm -rf results/readme
 	$(PY) -m trustregion_lab.sweep --out results/readme --figures-dir figures
 
-training-figures: $(STAMP) ## regenerate figures/{bandit,sequence}-train/ (~6 min on 2 cores)
+training-figures: $(STAMP) ## regenerate figures/{bandit,sequence}-train/ (about 6 minutes on 2 idle cores)
 	rm -rf results/bandit-train-3seeds results/sequence-train-1seed
 	$(PY) -m trustregion_lab.sweep --preset bandit-train --seeds 3 --out results/bandit-train-3seeds --figures-dir figures/bandit-train
 	$(PY) -m trustregion_lab.sweep --preset sequence-train --seeds 1 --out results/sequence-train-1seed --figures-dir figures/sequence-train

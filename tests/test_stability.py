@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trustregion_lab.analysis.stability import run_stability, stability_summary, stability_verdict
+from trustregion_lab.analysis.stability import (
+    DPPO_ARMS,
+    NO_REGION_ARMS,
+    run_stability,
+    stability_summary,
+    stability_verdict,
+)
 
 
 def reference(reward: np.ndarray, mismatch: np.ndarray, evals: np.ndarray) -> dict:
@@ -166,3 +172,46 @@ def test_summary_and_verdict_tables():
     assert claims.all() and claims["claim: reproduced"]
     with pytest.raises(ValueError, match="mismatch_mean"):
         stability_summary(table.drop(columns=["mismatch_mean"]))
+
+
+def _summary(arms, engines, seeds, *, stable=True, drift_collapse=False) -> pd.DataFrame:
+    """A per-run summary (the columns stability_verdict reads), every run alike."""
+    return pd.DataFrame(
+        [
+            dict(variant=v, engine=e, seed=s, drifted=drift_collapse, collapsed=drift_collapse, stable=stable)
+            for v in arms
+            for e in engines
+            for s in range(seeds)
+        ]
+    )
+
+
+def _claims(summary: pd.DataFrame) -> pd.Series:
+    verdict = stability_verdict(summary, "model-bf16", "model-fp32")
+    return verdict[verdict["variant"].str.startswith("claim")].set_index("variant")["holds"]
+
+
+def test_a_run_too_small_to_judge_reads_na_not_false():
+    # stability-quick's shape: three arms, the low-precision engine only, one seed, every run stable
+    quick = _claims(_summary(["pg_is", "ppo_clip_higher", "dppo_binary_tv"], ["model-bf16"], 1))
+    assert list(quick) == ["n/a"] * 4, quick
+    # all arms and both engines, but one seed: still too few seeds to judge
+    one_seed = _claims(_summary([*NO_REGION_ARMS, *DPPO_ARMS], ["model-bf16", "model-fp32"], 1))
+    assert list(one_seed) == ["n/a"] * 4, one_seed
+    # three seeds, but no matched engine: the matched-engine claim alone is n/a
+    no_matched = _claims(_summary([*NO_REGION_ARMS, *DPPO_ARMS], ["model-bf16"], 3))
+    assert [v for v in no_matched] == [False, True, "n/a", False], no_matched  # a judged claim fails
+
+
+def test_every_claim_judged_when_all_arms_ran_three_seeds_with_both_engines():
+    full = _summary([*NO_REGION_ARMS, *DPPO_ARMS], ["model-bf16", "model-fp32"], 3)
+    bad = full["variant"].isin(NO_REGION_ARMS) & (full["engine"] == "model-bf16")
+    full.loc[bad, ["drifted", "collapsed"]] = True
+    full.loc[bad, "stable"] = False
+    claims = _claims(full)
+    assert [v is True for v in claims] == [True] * 4, claims
+    dppo_fails = full.copy()
+    dppo_fails.loc[(dppo_fails["variant"] == "dppo_binary_kl") & (dppo_fails["seed"] == 2), "stable"] = False
+    assert list(_claims(dppo_fails)) == [True, False, True, False]
+    only_na = full[~((full["variant"] == "cispo") & (full["engine"] == "model-fp32"))]
+    assert list(_claims(only_na)) == [True, True, "n/a", "n/a"]

@@ -104,16 +104,17 @@ def test_run_writes_tidy_tables_and_resumes_only_missing_runs(tmp_path):
     plan = plan_sweep(_counting_preset(log), {}, None)
     table = run_sweep(plan, out, progress=False)
     assert len(_calls(log)) == 4 and len(table) == 8
-    for column in ("x", "y", "flag", "seed", "preset", "run_id", "version", "git_commit"):
+    for column in ("x", "y", "flag", "seed", "preset", "run_id", "version"):
         assert column in table.columns
     assert set(table["version"]) == {trustregion_lab.__version__}
-    assert table["git_commit"].iloc[0] == sweep.git_commit()
+    assert "git_commit" not in table.columns  # provenance that changes without a change stays out of the rows
     assert sorted(zip(table["x"], table["seed"])) == sorted([(1, 0), (1, 1), (2, 0), (2, 1)] * 2)
     merged = pd.read_csv(out / "table.csv")
     assert len(merged) == 8
     for spec in plan.runs:  # each run file has its record: row count and checksum
         record = json.loads((out / "runs" / f"{spec.run_id}.json").read_text())
         assert record["rows"] == 2 and record["seed"] == spec.seed and len(record["sha256"]) == 64
+        assert record["git_commit"] == sweep.git_commit() and record["version"] == trustregion_lab.__version__
 
     # rerun: nothing recomputed; delete one run file: only that run is recomputed
     run_sweep(plan, out, progress=False)
@@ -341,3 +342,45 @@ def test_ray_backend_gives_the_local_tables(tmp_path):
     pd.testing.assert_frame_equal(local, again)
     manifest = json.loads((tmp_path / "ray" / "sweep.json").read_text())
     assert manifest["preset"] == "estimators" and len(manifest["runs"]) == 2
+
+
+# ------------------------------------------------------------------------------------ stable figure files
+def test_redrawing_figures_from_unchanged_code_changes_no_file(tmp_path, monkeypatch):
+    """`make figures` twice (here: a tiny default sweep, a different git commit each time) writes the same
+    bytes: no provenance that changes without a change, and figure tables written to fixed digits."""
+    from trustregion_lab.sweep import cli, store
+
+    outputs = []
+    for commit in (
+        "1111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222-dirty",
+    ):
+        monkeypatch.setattr(store, "git_commit", lambda commit=commit: commit)
+        figures = tmp_path / f"figures-{commit[0]}"
+        argv = ["--out", str(tmp_path / f"out-{commit[0]}"), "--figures-dir", str(figures), "--quiet"]
+        assert cli.main([*argv, "--grid", *TINY_ANALYSIS]) == 0
+        outputs.append({path.name: path.read_bytes() for path in sorted(figures.iterdir())})
+        record = json.loads(next((tmp_path / f"out-{commit[0]}" / "runs").glob("*.json")).read_text())
+        assert record["git_commit"] == commit  # provenance kept beside the table, not in it
+    assert list(outputs[0]) == list(outputs[1]) and any(name.endswith(".csv") for name in outputs[0])
+    for name in outputs[0]:
+        assert outputs[0][name] == outputs[1][name], name
+
+
+def test_figure_tables_do_not_change_with_the_last_bit_of_a_sum(tmp_path):
+    """0.1 + 0.2 and 0.3 differ in the last bit of a float64 (as a sum on another CPU may); the figure
+    table written from either is the same text."""
+    from trustregion_lab import plots
+
+    written = []
+    for value in (0.1 + 0.2, 0.3):
+        assert value in (0.30000000000000004, 0.3)
+        out = tmp_path / f"r{len(written)}"
+        out.mkdir()
+        pd.DataFrame({"x": [1]}).to_csv(out / "table.csv", index=False)
+        table = pd.DataFrame({"mean": [value], "small": [value * 1e-9], "count": [3]})
+        plots.draw_figures(out, figures=lambda t, c, table=table: {"t.csv": table})
+        written.append((out / "figures" / "t.csv").read_text())
+    assert written[0] == written[1]
+    np_back = pd.read_csv(tmp_path / "r0" / "figures" / "t.csv")
+    assert abs(np_back["mean"].iloc[0] - 0.3) < 1e-12 and abs(np_back["small"].iloc[0] - 3e-10) < 1e-21

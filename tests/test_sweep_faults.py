@@ -269,7 +269,7 @@ def test_a_full_disk_exits_2_and_the_rerun_resumes(tmp_path, monkeypatch, capsys
 def test_a_full_disk_while_drawing_figures_exits_2(tmp_path, monkeypatch, capsys):
     from trustregion_lab import plots
 
-    def no_space(path, frame):
+    def no_space(path, frame, **options):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     preset = Preset(

@@ -161,3 +161,39 @@ def test_a_tiny_bandit_sweep_draws_the_training_figures(tmp_path):
         ("none", "pg_is"),
         ("none", "ppo"),
     ]
+
+
+# ------------------------------------------------------------------------------------- stated durations
+_DURATION = re.compile(
+    r"((?:under|about) (?:a|an|\d+(?:\.\d+)?) (?:s|seconds?|min|minutes?)) on 2 idle cores"
+)
+_ANY_DURATION = re.compile(r"(?:~|about |under )?\d+(?:\.\d+)? ?(?:s|min|minutes)\b|under a minute")
+
+
+def _project_file(name: str) -> str:
+    from pathlib import Path
+
+    import trustregion_lab
+
+    return (Path(trustregion_lab.__file__).resolve().parents[1] / name).read_text()
+
+
+def test_each_preset_duration_is_stated_once_and_agrees_everywhere():
+    """A preset's help states its time on 2 idle cores (what --list-presets prints); the README and the Makefile
+    comments that time the same job say the same, and name the machine."""
+    presets = available_presets()
+    stated = {name: _DURATION.search(preset.help) for name, preset in presets.items()}
+    assert stated["default"] and stated["stability-quick"], "the default and the quick study state their time"
+    readme, makefile = _project_file("README.md"), _project_file("Makefile")
+    jobs = {
+        "default": [line for line in readme.splitlines() if line.startswith("make sweep")]
+        + [line for line in makefile.splitlines() if line.startswith(("sweep:", "figures:"))],
+        "stability-quick": [line for line in readme.splitlines() if "--preset stability-quick " in line],
+    }
+    for name, lines in jobs.items():
+        duration = stated[name].group(1)
+        assert lines, name
+        for line in lines:
+            assert f"{duration} on 2 idle cores" in line, (name, line)
+            others = [d for d in _ANY_DURATION.findall(line) if d != duration and d not in duration]
+            assert not others, (name, line, others)

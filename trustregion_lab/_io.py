@@ -72,10 +72,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
 
 
-def atomic_write_csv(path: str | os.PathLike, table: Any) -> None:
-    """Write a pandas DataFrame to ``path`` as CSV (no index) atomically."""
+def atomic_write_csv(path: str | os.PathLike, table: Any, float_format: str | None = None) -> None:
+    """Write a pandas DataFrame to ``path`` as CSV (no index) atomically; ``float_format`` (e.g. ``"%.10g"``)
+    as in ``DataFrame.to_csv`` (None: the shortest repr that reads back exactly)."""
     with atomic_open(path, "w") as handle:
-        table.to_csv(handle, index=False)
+        table.to_csv(handle, index=False, float_format=float_format)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

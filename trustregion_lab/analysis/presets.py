@@ -229,7 +229,7 @@ PRESETS: list[Preset] = [
     _preset(
         "default",
         "The main job: estimator report card, mask confusion, ε↔δ calibration and vocabulary scaling on "
-        "LLM-like states after a simulated policy-gradient step (one run each, under a minute on 2 cores).",
+        "LLM-like states after a simulated policy-gradient step (one run each, under a minute on 2 idle cores).",
         plots.analysis_suite_figures,
         {"analysis": list(ANALYSES)},
     ),

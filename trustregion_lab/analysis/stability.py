@@ -24,7 +24,10 @@ lucky early step cannot set a maximum; the reward's window is longer, see r̃):
 A verdict per arm counts the seeds that drifted, collapsed and stayed stable; the paper's claim is *reproduced*
 when the no-trust-region arms (``pg_is``, ``cispo``, ``minirl``) both drift and collapse in ≥ 2 of 3 seeds with the
 low-precision engine, every DPPO arm is stable in every seed there, and the no-trust-region arms are stable in
-every seed with the engine that matches the trainer.
+every seed with the engine that matches the trainer. A claim is judged only when every arm it names ran with its
+engine in at least CLAIM_SEEDS = 3 seeds (the seeds the claims are stated for); otherwise it reads "n/a" (not
+False): a run of one seed, without the matched engine, or without some of the named arms cannot refute it.
+"reproduced" is False when a judged claim fails, n/a when none fails but one is n/a, True when all hold.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "CLAIM_SEEDS",
     "DPPO_ARMS",
+    "NOT_JUDGED",
     "NO_REGION_ARMS",
     "SUMMARY_COLUMNS",
     "run_stability",
@@ -53,6 +58,8 @@ EVAL_WINDOW = 3
 STABLE_MARGIN = 0.02
 REWARD_WINDOW = 25
 BLOCK = 100
+CLAIM_SEEDS = 3  # a claim is judged only when each arm it names has this many seeds
+NOT_JUDGED = "n/a"  # the verdict of a claim the runs are too few to judge
 NO_REGION_ARMS = ("pg_is", "cispo", "minirl")
 DPPO_ARMS = ("dppo_binary_tv", "dppo_binary_kl")
 SUMMARY_COLUMNS = (
@@ -167,7 +174,8 @@ def stability_verdict(summary: pd.DataFrame, low_precision: str, matched: str) -
     """Per (variant, engine): seeds, and how many drifted, collapsed, stayed stable; plus one row per claim.
 
     low_precision: the engine of the mismatched runs (e.g. ``"model-bf16"``); matched: the engine that matches
-    the trainer. The claim rows (``variant`` = "claim: ...") hold ``holds`` True/False.
+    the trainer. The claim rows (``variant`` = "claim: ...") hold ``holds``: True, False, or "n/a" when the runs
+    cannot judge the claim (an arm it names missing with that engine, or fewer than CLAIM_SEEDS seeds).
     """
     both = summary.assign(drifted_and_collapsed=summary["drifted"] & summary["collapsed"])
     counts = (
@@ -186,11 +194,13 @@ def stability_verdict(summary: pd.DataFrame, low_precision: str, matched: str) -
         row = counts[(counts["variant"] == variant) & (counts["engine"] == engine)]
         return None if row.empty else row.iloc[0]
 
-    def all_arms(names: Sequence[str], engine: str, test) -> bool:
+    def all_arms(names: Sequence[str], engine: str, test) -> bool | str:
         rows = [arm(v, engine) for v in names]
-        return all(r is not None and bool(test(r)) for r in rows)
+        if any(r is None or r["seeds"] < CLAIM_SEEDS for r in rows):
+            return NOT_JUDGED
+        return all(bool(test(r)) for r in rows)
 
-    claims = {
+    claims: dict[str, bool | str] = {
         "no-region arms drift and collapse in >= 2 of 3 seeds (low precision)": all_arms(
             NO_REGION_ARMS, low_precision, lambda r: r["drifted_and_collapsed"] >= 2
         ),
@@ -201,8 +211,11 @@ def stability_verdict(summary: pd.DataFrame, low_precision: str, matched: str) -
             NO_REGION_ARMS, matched, lambda r: r["stable"] == r["seeds"]
         ),
     }
-    claims["reproduced"] = all(claims.values())
-    claim_rows = pd.DataFrame({"variant": [f"claim: {k}" for k in claims], "holds": list(claims.values())})
+    values = list(claims.values())
+    claims["reproduced"] = False if False in values else (NOT_JUDGED if NOT_JUDGED in values else True)
+    claim_rows = pd.DataFrame(
+        {"variant": [f"claim: {k}" for k in claims], "holds": pd.Series(list(claims.values()), dtype=object)}
+    )
     out = pd.concat([counts, claim_rows], ignore_index=True)
     count_columns = ["seeds", "drifted", "collapsed", "drifted_and_collapsed", "stable"]
     return out.astype({c: "Int64" for c in count_columns})  # counts stay integers beside the claim rows

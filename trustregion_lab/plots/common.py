@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 DPI = 120
+# figure tables keep 10 significant digits: a float64 sum whose last bit differs between CPUs (SIMD widths)
+# then writes the same text, so redrawing committed figures from unchanged results changes no file
+CSV_FLOAT_FORMAT = "%.10g"
 MIN_TOKENS = 20  # buckets with fewer tokens are not drawn (their statistics are noise)
 NOT_FACETS = frozenset(
     {
@@ -58,7 +61,7 @@ def save_output(output: Figure | pd.DataFrame, path: Path) -> None:
     if path.suffix == ".png" and isinstance(output, Figure):
         atomic_write_with(path, lambda tmp: output.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png"))
     elif path.suffix == ".csv" and isinstance(output, pd.DataFrame):
-        atomic_write_csv(path, output)
+        atomic_write_csv(path, output, float_format=CSV_FLOAT_FORMAT)
     else:
         raise TypeError(
             f"figure output {path.name!r}: expected a name ending in .png with a Figure or in .csv with a "

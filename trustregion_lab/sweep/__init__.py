@@ -6,8 +6,9 @@ A sweep expands a preset's grid (its default grid, with ``--grid`` overrides) in
 configuration plus the seed, so a run that finished is never recomputed (resume is the default). At the end the
 runs are merged into ``OUT/table.csv`` and the preset's figures are drawn into ``--figures-dir``.
 
-Every row carries the run's configuration (one column per parameter), the seed, the preset name, the run id,
-the package version and the git commit of the code that computed it.
+Every row carries the run's configuration (one column per parameter), the seed, the preset name, the run id
+and the package version; the git commit of the code that computed a run is in its record ``OUT/runs/<run id>.json``
+(and the last one in ``OUT/sweep.json``), so tables and figure tables change only when their numbers do.
 
 Modules, one job each:
     plan       the preset registry, ``--grid`` parsing, grid expansion, run ids, the validated `SweepPlan`
@@ -16,7 +17,7 @@ Modules, one job each:
     cli        the command line (``main``)
 """
 
-from trustregion_lab.sweep.backends import RunError, run_sweep
+from trustregion_lab.sweep.backends import RunError, SweepInterrupted, run_sweep
 from trustregion_lab.sweep.cli import main
 from trustregion_lab.sweep.plan import (
     RunSpec,
@@ -36,6 +37,7 @@ __all__ = [
     "RunSpec",
     "StorageError",
     "SweepConfigError",
+    "SweepInterrupted",
     "SweepPlan",
     "available_presets",
     "expand_grid",

@@ -1,22 +1,25 @@
 """``python -m trustregion_lab.sweep``: the command line of the sweep runner.
 
 Parses the arguments, plans the sweep (every configuration validated), checks the output folders, runs it and
-draws the preset's figures. Exit codes: 0 done; 2 a bad request (unknown preset or parameter, a rejected grid
+draws the preset's figures; a preset whose figures include a stability verdict (``stability_verdict.csv``) gets
+that table printed at the end. Exit codes: 0 done; 2 a bad request (unknown preset or parameter, a rejected grid
 value, an output path that is a file or cannot be written, a folder of another configuration, a full disk),
-with a one-line message; 1 a run raised while computing, shown with its traceback.
+with a one-line message; 1 a run raised while computing, shown with its traceback; 130 Ctrl-C, with one line
+saying how many runs are kept (the same command resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from trustregion_lab.experiment import Preset
 from trustregion_lab.sweep import store
-from trustregion_lab.sweep.backends import BACKENDS, RunError, run_sweep
+from trustregion_lab.sweep.backends import BACKENDS, RunError, SweepInterrupted, run_sweep
 from trustregion_lab.sweep.plan import SweepConfigError, available_presets, parse_grid_args, plan_sweep
 
 __all__ = ["main"]
@@ -48,7 +51,9 @@ examples:
 Rerunning the same command resumes: finished runs (files under OUT/runs/) are kept, only missing runs are
 computed; a command that adds values or seeds computes only the new runs. A folder holding finished runs the
 command does not include (another preset or configuration) is refused; pick a new --out or delete the folder.
-Exit codes: 0 done, 2 a bad request or an unusable output folder, 1 a run failed (its traceback is shown).
+Ctrl-C stops the sweep and keeps the finished runs; the same command resumes.
+Exit codes: 0 done, 2 a bad request or an unusable output folder, 1 a run failed (its traceback is shown),
+130 interrupted (Ctrl-C).
 """
 
 
@@ -57,7 +62,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="python -m trustregion_lab.sweep",
         description=(
             "Run a named preset of trustregion_lab over a grid of parameters and seeds. Each run writes one "
-            "tidy CSV table (every row carries the configuration, seed, package version and git commit); "
+            "tidy CSV table (every row carries the configuration, seed and package version; the git commit is in "
+            "OUT/runs/<run id>.json); "
             "the runs are merged into OUT/table.csv and figures are drawn from the stored tables."
         ),
         epilog=_EXAMPLES,
@@ -123,7 +129,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--list-presets", action="store_true", help="list the presets and their parameters, then exit"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar, summary or verdict table (errors still print)"
+    )
     return parser
 
 
@@ -139,6 +147,28 @@ def _describe_presets(presets: Mapping[str, Preset]) -> str:
         lines.append(f"    parameters: {params}")
         lines.append("")
     return "\n".join(lines)
+
+
+VERDICT_NAME = "stability_verdict.csv"
+
+
+def _verdict_text(path: Path) -> str:
+    """The stability verdict table at ``path`` as aligned text (empty cells blank; n/a: too small to judge)."""
+    import pandas as pd
+
+    table = pd.read_csv(path, keep_default_na=False, dtype=str)
+    rows = [list(table.columns), *table.to_numpy().tolist()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(table.columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _interrupted(out_dir: Path, exc: KeyboardInterrupt) -> int:
+    if isinstance(exc, SweepInterrupted):
+        kept = f"{exc.kept} of {exc.total} runs are kept in {out_dir}"
+    else:
+        kept = f"the finished runs are kept in {out_dir}"
+    print(f"interrupted: {kept}; run the same command to resume", file=sys.stderr)
+    return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +192,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.out) if args.out else Path("results") / preset.name
     figures_dir = Path(args.figures_dir) if args.figures_dir else out_dir / "figures"
     try:
+        return _run(parser, args, preset, out_dir, figures_dir)
+    except KeyboardInterrupt as exc:
+        return _interrupted(out_dir, exc)
+
+
+def _run(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    preset: Preset,
+    out_dir: Path,
+    figures_dir: Path,
+) -> int:
+    """Plan, run and draw (``main`` after the argument checks); KeyboardInterrupt goes up to ``main``."""
+    try:
         plan = plan_sweep(preset, parse_grid_args(args.grid, preset.defaults), args.seeds)
         store.check_writable_folder(out_dir, "--out")
         store.check_writable_folder(out_dir / store.RUNS_DIR, "--out")
@@ -180,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     written: list[Path] = []
+    drawn_since = time.time()
     if not args.no_figures:
         from trustregion_lab import plots
 
@@ -191,4 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(plan.runs)} runs, {len(table)} rows -> {out_dir / store.TABLE_NAME}")
         for path in written:
             print(f"figure: {path}")
+        verdict = figures_dir / VERDICT_NAME
+        if not args.no_figures and verdict.is_file() and verdict.stat().st_mtime >= drawn_since - 1:
+            print(f"\nstability verdict ({verdict}; n/a: the runs are too few to judge that claim):")
+            print(_verdict_text(verdict))
     return 0

@@ -2,9 +2,14 @@
 
 Layout of ``OUT``:
     sweep.json          the manifest: preset, fixed parameters, grid, seeds, run ids, version, git commit
-    runs/<run id>.csv   one finished run's tidy rows, each row carrying the configuration and provenance
-    runs/<run id>.json  what identifies that file complete: its row count and the sha256 of its bytes
+    runs/<run id>.csv   one finished run's tidy rows, each row carrying the configuration, seed, preset, run id
+                        and package version
+    runs/<run id>.json  what identifies that file complete (its row count and the sha256 of its bytes) and
+                        the git commit of the code that computed it
     table.csv           every run of the current plan, merged in plan order
+
+The git commit lives in the JSON files only, never in a table's rows: a table (and every figure table drawn from
+it) changes only when its numbers do, so regenerating committed figures from unchanged code changes no file.
 
 A folder belongs to one preset. A command may resume into it when its runs include every finished run the
 folder holds (the same sweep, or one extended by values or seeds); runs that were planned but never finished
@@ -236,8 +241,9 @@ def prepare_folder(out_dir: Path, plan: SweepPlan, commit: str) -> None:
     remove_stale_temporaries(out_dir)
 
 
-def _annotate(table: pd.DataFrame, spec: RunSpec, preset_name: str, commit: str) -> pd.DataFrame:
-    """Add the configuration, seed and provenance columns to one run's rows."""
+def _annotate(table: pd.DataFrame, spec: RunSpec, preset_name: str) -> pd.DataFrame:
+    """Add the configuration, seed, preset, run id and version columns to one run's rows (the git commit goes to
+    the run's record, not the rows)."""
     table = table.reset_index(drop=True).copy()
     for key, value in spec.config.items():
         if key not in table.columns:
@@ -247,13 +253,12 @@ def _annotate(table: pd.DataFrame, spec: RunSpec, preset_name: str, commit: str)
     table["preset"] = preset_name
     table["run_id"] = spec.run_id
     table["version"] = trustregion_lab.__version__
-    table["git_commit"] = commit
     return table
 
 
 def store_run(runs_dir: Path, spec: RunSpec, table: pd.DataFrame, preset_name: str, commit: str) -> None:
-    """Write one finished run: its record (row count, sha256), then its CSV."""
-    table = _annotate(table, spec, preset_name, commit)
+    """Write one finished run: its record (row count, sha256, version, git commit), then its CSV."""
+    table = _annotate(table, spec, preset_name)
     data = table.to_csv(index=False).encode("utf-8")
     record = {
         "run_id": spec.run_id,
@@ -262,6 +267,8 @@ def store_run(runs_dir: Path, spec: RunSpec, table: pd.DataFrame, preset_name: s
         "config": spec.config,
         "rows": len(table),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "version": trustregion_lab.__version__,
+        "git_commit": commit,
     }
     record_path, csv_path = _record_path(runs_dir, spec.run_id), runs_dir / f"{spec.run_id}.csv"
     with _writing(record_path):

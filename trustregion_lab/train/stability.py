@@ -155,7 +155,7 @@ STUDIES: tuple[Study, ...] = (
     ),
     Study(
         "stability-quick",
-        "A short look (about 3 minutes on 2 cores) at the stability study: PG-IS, clip-higher and DPPO "
+        "A short look (about 3 minutes on 2 idle cores) at the stability study: PG-IS, clip-higher and DPPO "
         "Binary-TV with the bf16 model engine, one seed, 40 steps of smaller batches.",
         {
             **STABILITY_SETTINGS,
