@@ -11,7 +11,7 @@ $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	@echo "installing into $(VENV) (log: $(VENV)/pip.log)"
 	@$(PY) -m pip install $(PIP_QUIET) --upgrade pip setuptools wheel > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
-	@$(PY) -m pip install $(PIP_QUIET) -c constraints.txt -e ".[test,ray]" >> $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
+	@$(PY) -m pip install $(PIP_QUIET) -c constraints.txt -e ".[test,ray,trl]" >> $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
 	@$(PY) -c "import torch, trustregion_lab; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
