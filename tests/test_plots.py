@@ -189,26 +189,38 @@ def _rolling(values: np.ndarray, window: int, statistic) -> np.ndarray:
 
 
 def test_stability_figure_from_a_synthetic_table(tmp_path):
+    from trustregion_lab.analysis.stability import REWARD_WINDOW, WINDOW
+
     table = _stability_table(np.random.default_rng(7))
     fig = plots.plot_stability(table, ["variant", "ratio_cap", "engine"])
     assert len(fig.axes) == 6
     axes = np.array(fig.axes).reshape(2, 3)  # one row per engine, columns reward | mean |π − μ| | max (π − μ)
     assert [[ax.get_title() for ax in row] for row in axes] == [["engine=bf16"] * 3, ["engine=none"] * 3]
-    assert axes[0, 0].get_ylabel() == "training reward (10-step rolling mean)"
+    assert axes[0, 0].get_ylabel() == f"training reward r̃\n({REWARD_WINDOW}-step rolling mean)"
     assert axes[0, 1].get_ylabel().startswith("mean |π(a) − μ(a)|")
+    assert axes[0, 1].get_ylabel().endswith(f"{WINDOW}-step median")
     assert axes[0, 2].get_ylabel().startswith("max (π(a) − μ(a))")
     for ax in axes.ravel():
         assert ax.get_xlabel() == "training step (policy updates)"
-        assert len(_data_lines(ax)) == 2  # one mean line per variant
-        assert len(ax.collections) == 2  # one band (range over seeds) per variant
+        lines = _data_lines(ax)
+        assert len(lines) == 2  # one mean line per variant, each with its own style and marker
+        assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 2
+    assert len(axes[0, 0].collections) == 2  # one band (range over seeds) per variant
+    # the paper's reference on each mean-mismatch panel: 0.004 at the start, the 0.011–0.018 band
+    for ax in axes[:, 1]:
+        assert [line.get_ydata()[0] for line in _reference_lines(ax)] == [
+            plots.stability.PAPER_MISMATCH_START
+        ]
     assert axes[0, 1].get_yscale() == "log" and axes[1, 1].get_yscale() == "linear"  # no mismatch: zeros
-    assert axes[0, 0].get_legend() is not None and axes[1, 2].get_legend() is None
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["dppo_binary_tv", "pg_is"]
     ordered = table.sort_values("step")
-    for col, (metric, statistic) in enumerate((("reward", np.mean), ("mismatch_mean", np.median))):
+    for col, (metric, window, statistic) in enumerate(
+        (("reward", REWARD_WINDOW, np.mean), ("mismatch_mean", WINDOW, np.median))
+    ):
         for line, variant in zip(_data_lines(axes[0, col]), ("dppo_binary_tv", "pg_is"), strict=True):
             runs = ordered[(ordered["engine"] == "bf16") & (ordered["variant"] == variant)]
             per_seed = [
-                _rolling(runs.loc[runs["seed"] == seed, metric].to_numpy(np.float64), 10, statistic)
+                _rolling(runs.loc[runs["seed"] == seed, metric].to_numpy(np.float64), window, statistic)
                 for seed in (0, 1)
             ]
             np.testing.assert_allclose(np.asarray(line.get_ydata(), float), np.mean(per_seed, axis=0))
@@ -219,7 +231,40 @@ def test_stability_figure_from_a_synthetic_table(tmp_path):
     written = plots.draw_figures(out, figures=plots.stability_figures)
     assert written == [out / "figures" / "stability_curves.png"]
     assert written[0].stat().st_size > 10_000 and written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [p.name for p in (out / "figures").iterdir()] == ["stability_curves.png"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "stability_curves.png",
+        "stability_summary.csv",
+        "stability_verdict.csv",
+    ]
+
+
+def test_stability_figure_names_lines_that_coincide_and_draws_no_band_for_one_seed():
+    table = _stability_table(np.random.default_rng(9))
+    table = table[table["seed"] == 0]
+    twin = table[table["variant"] == "pg_is"].assign(variant="cispo")  # identical to pg_is
+    fig = plots.plot_stability(pd.concat([table, twin], ignore_index=True), ["engine"])
+    title = fig._suptitle.get_text()
+    assert (
+        "lines coincide: cispo = pg_is" in title and "one seed" in title and "range over seeds" not in title
+    )
+    assert all(len(ax.collections) == 0 for ax in fig.axes if ax.get_yscale() == "linear")
+    assert "lines coincide" not in plots.plot_stability(table, ["engine"])._suptitle.get_text()
+
+
+def test_search_figure_one_panel_per_cell_and_the_changed_knobs_from_the_table():
+    table = _stability_table(np.random.default_rng(10))
+    table = table[table["engine"] == "bf16"]
+    cells = [("study setting", 1e-5), ("lr x3", 3e-5), ("2 epochs", 1e-5)]
+    parts = [
+        table.assign(search_cell=cell, lr=lr, epochs=2 if cell == "2 epochs" else 1) for cell, lr in cells
+    ]
+    search = pd.concat(parts, ignore_index=True)
+    outputs = plots.stability_search_figures(search, ["variant", "engine", "lr", "epochs", "search_cell"])
+    fig = outputs["stability_curves.png"]
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert titles == ["study setting", "lr x3", "2 epochs"] * 2  # reward row, then mean-mismatch row
+    changed = outputs["search.csv"].drop_duplicates("search_cell").set_index("search_cell")["changed"]
+    assert changed.to_dict() == {"study setting": "-", "lr x3": "lr=3e-05", "2 epochs": "epochs=2"}
 
 
 def test_stability_figure_facets_other_varying_columns_and_refuses_bad_tables():
@@ -239,7 +284,8 @@ def test_stability_figure_facets_other_varying_columns_and_refuses_bad_tables():
 def test_plots_reads_tables_only_and_runs_as_a_module():
     code = (
         "import sys, trustregion_lab.plots\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('trustregion_lab.analysis', 'trustregion_lab.train'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('trustregion_lab.analysis', 'trustregion_lab.train',"
+        " 'trustregion_lab.sweep'))))"
     )
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert imported.stdout.strip() == "[]"

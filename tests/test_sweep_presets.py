@@ -30,11 +30,30 @@ def test_every_preset_names_a_figure_function_of_plots_and_a_validator():
         "vocab-scaling": plots.vocab_scaling_figures,
         "bandit-train": plots.training_figures,
         "sequence-train": plots.training_figures,
+        "stability": plots.stability_figures,
+        "stability-long": plots.stability_figures,
+        "stability-search": plots.stability_search_figures,
+        "stability-calibration": plots.stability_calibration_figures,
     }
     assert set(expected) <= set(presets)
     for name, figures in expected.items():
         assert presets[name].figures is figures
         assert callable(presets[name].validate)
+    # the figure registry and the sweep's presets name the same presets, each with a function of plots
+    assert set(plots.PRESET_FIGURES) == set(presets)
+    for name, preset in presets.items():
+        assert preset.figures is plots.PRESET_FIGURES[name]
+        assert preset.figures.__module__.startswith("trustregion_lab.plots.")
+
+
+def test_the_modules_that_define_presets_name_no_figure_function():
+    """The figures are attached by the sweep from plots' registry, so analysis and train never import plots."""
+    from trustregion_lab.analysis.presets import PRESETS as analysis_presets
+    from trustregion_lab.train.presets import PRESETS as training_presets
+
+    assert [p.figures for p in [*analysis_presets, *training_presets]] == [None] * (
+        len(analysis_presets) + len(training_presets)
+    )
 
 
 @pytest.mark.parametrize("name", ANALYSIS_PRESETS)

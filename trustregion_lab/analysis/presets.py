@@ -10,7 +10,7 @@
 Every row carries ``analysis``; list-valued parameters are strings joined by "+" (e.g. ``topk_sizes="5+20"``),
 so that one command-line value holds them (``--grid topk_sizes=5+20,50``). `validate_analysis` checks a
 configuration without computing anything (the sweep calls it for every configuration before the first run);
-each preset draws its figures with a figure function of ``trustregion_lab.plots``.
+the figure function of each preset is ``trustregion_lab.plots.PRESET_FIGURES[name]`` (attached by the sweep).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from trustregion_lab import plots
 from trustregion_lab._validate import check_choice, check_int, check_real
 from trustregion_lab.analysis.calibration import calibration_table, critical_thresholds, matched_threshold
 from trustregion_lab.analysis.confusion import MaskSpec, mask_confusion
@@ -26,7 +25,7 @@ from trustregion_lab.analysis.estimators import estimator_report
 from trustregion_lab.analysis.states import PERTURBATIONS, make_token_batch
 from trustregion_lab.analysis.tokens import SET_RULES, TokenBatch
 from trustregion_lab.envs.logit_model import LOGIT_FAMILIES
-from trustregion_lab.experiment import FigureFunction, Preset
+from trustregion_lab.experiment import Preset
 from trustregion_lab.mismatch import ENGINE_PRESETS
 
 __all__ = [
@@ -210,9 +209,7 @@ def run_analysis(config: dict, seed: int) -> pd.DataFrame:
     return calibration_table(batch)
 
 
-def _preset(
-    name: str, help_text: str, figures: FigureFunction, grid: dict, seeds: int = 1, **overrides: object
-) -> Preset:
+def _preset(name: str, help_text: str, grid: dict, seeds: int = 1, **overrides: object) -> Preset:
     return Preset(
         name=name,
         help=help_text,
@@ -221,7 +218,6 @@ def _preset(
         grid=grid,
         seeds=seeds,
         validate=validate_analysis,
-        figures=figures,
     )
 
 
@@ -230,14 +226,12 @@ PRESETS: list[Preset] = [
         "default",
         "The main job: estimator report card, mask confusion, ε↔δ calibration and vocabulary scaling on "
         "LLM-like states after a simulated policy-gradient step (one run each, under a minute on 2 cores).",
-        plots.analysis_suite_figures,
         {"analysis": list(ANALYSES)},
     ),
     _preset(
         "estimators",
         "Estimator report card (|r−1|/2, k1/k2/k3, Binary, Top-K × set rules) by μ(a) and entropy bucket, "
         "under the engine mismatch alone and after a simulated update.",
-        plots.estimator_figures,
         {"perturbation": ["mismatch", "update"]},
         seeds=2,
         analysis="estimators",
@@ -246,7 +240,6 @@ PRESETS: list[Preset] = [
         "masks",
         "False and missed masks of PPO clipping and the DPPO masks against the exact-divergence masks, "
         "by μ(a) bucket and advantage sign, with the gradient mass wrongly dropped / let through.",
-        plots.mask_figures,
         {},
         seeds=2,
         analysis="masks",
@@ -255,14 +248,12 @@ PRESETS: list[Preset] = [
         "calibration",
         "Mask-rate curves and the δ that matches PPO's mask rate at each ε, over vocabulary sizes and "
         "entropy buckets (why δ = 0.15 and δ = 0.2 are both in use).",
-        plots.calibration_figures,
         {"vocab_size": [2048, 16384, 65536]},
         analysis="calibration",
     ),
     _preset(
         "vocab-scaling",
         "Estimator error (bias, RMSE) against the vocabulary size (scaling_vocab_sizes), three seeds.",
-        plots.vocab_scaling_figures,
         {},
         seeds=3,
         analysis="vocab-scaling",

@@ -55,6 +55,7 @@ REWARD_WINDOW = 25
 BLOCK = 100
 NO_REGION_ARMS = ("pg_is", "cispo", "minirl")
 DPPO_ARMS = ("dppo_binary_tv", "dppo_binary_kl")
+LOW_PRECISION_ENGINE, MATCHED_ENGINE = "model-bf16", "model-fp32"  # the study's engines (train/engine.py)
 SUMMARY_COLUMNS = (
     "drifted",
     "collapsed",

@@ -8,11 +8,14 @@ facets, and `set_by_variant` finds the columns a training table fills with each 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from trustregion_lab._io import atomic_write_csv, atomic_write_with
 
@@ -24,12 +27,16 @@ __all__ = [
     "Outputs",
     "bucket_axis",
     "bucket_positions",
+    "coinciding_groups",
+    "coinciding_note",
     "drop_axis_legend",
     "facet_labels",
     "filled",
     "legend_below",
+    "readable_log_axis",
     "save_output",
     "set_by_variant",
+    "style_map",
 ]
 
 DPI = 120
@@ -122,3 +129,57 @@ def drop_axis_legend(ax) -> None:
     """Remove the legend seaborn put on ``ax`` (the figure shows it once elsewhere)."""
     if ax.get_legend() is not None:
         ax.get_legend().remove()
+
+
+_LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (8, 2)))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def style_map(names: Sequence[str]) -> dict[str, dict]:
+    """One colour, line style and marker per name (in the order given), so lines that coincide stay visible:
+    ``{name: {"color", "linestyle", "marker"}}``."""
+    palette = sns.color_palette("tab10", n_colors=max(len(names), 1))
+    return {
+        name: {
+            "color": palette[i % len(palette)],
+            "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
+            "marker": _MARKERS[i % len(_MARKERS)],
+        }
+        for i, name in enumerate(names)
+    }
+
+
+def coinciding_groups(curves: Mapping[str, pd.DataFrame | pd.Series], rtol: float = 1e-9) -> list[list[str]]:
+    """Groups of two or more names whose curves are equal (same index, values within ``rtol``, NaN = NaN)."""
+    groups: list[list[str]] = []
+    for name, curve in curves.items():
+        for group in groups:
+            other = curves[group[0]]
+            if curve.shape == other.shape and curve.index.equals(other.index):
+                a, b = np.asarray(curve, dtype=float), np.asarray(other, dtype=float)
+                if np.allclose(a, b, rtol=rtol, atol=0.0, equal_nan=True):
+                    group.append(name)
+                    break
+        else:
+            groups.append([name])
+    return [group for group in groups if len(group) > 1]
+
+
+def coinciding_note(curves: Mapping[str, pd.DataFrame | pd.Series]) -> str:
+    """ "lines coincide: a = b; c = d" for the names whose curves are equal ("" when none are)."""
+    groups = coinciding_groups(curves)
+    return "lines coincide: " + "; ".join(" = ".join(group) for group in groups) if groups else ""
+
+
+def readable_log_axis(ax, axis: str = "y") -> None:
+    """Label a log axis so that it reads at a glance: ticks at 1, 2, 5 × 10^k in plain numbers when the axis
+    spans under three decades, one labelled tick per decade (10^k) otherwise."""
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    if low > 0 and high / low < 1e3:
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    else:
+        target.set_major_locator(LogLocator(base=10, numticks=12))
+        target.set_major_formatter(LogFormatterSciNotation(base=10))
+    target.set_minor_formatter(NullFormatter())

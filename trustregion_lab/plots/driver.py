@@ -2,7 +2,7 @@
 `main` is ``python -m trustregion_lab.plots RESULTS_DIR [--figures-dir DIR]``.
 
 The preset is the one named by ``RESULTS_DIR/sweep.json`` (or by the table's ``preset`` column); its figure
-function (``Preset.figures``, see ``trustregion_lab.experiment``) returns ``{file name: Figure or DataFrame}``,
+function (``PRESET_FIGURES[preset]``, `trustregion_lab.plots.registry`) returns ``{file name: Figure or DataFrame}``,
 written into ``RESULTS_DIR/figures`` or ``--figures-dir``: PNG figures, each with a CSV of the rows it is drawn
 from. Bad results folders exit with code 2 and a one-line message.
 """
@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from trustregion_lab.plots.common import Outputs, save_output
+from trustregion_lab.plots.registry import PRESET_FIGURES
 
 __all__ = ["ResultsError", "draw_figures", "main"]
 
@@ -67,9 +68,10 @@ def draw_figures(
     """Draw the figures of a finished sweep; returns the paths of the PNGs written (the CSVs go beside them).
 
     results_dir: a sweep folder holding ``table.csv`` (and ``sweep.json``); figures_dir: where the files go
-    (default ``results_dir/figures``); figures: the figure function to call (default: the ``figures`` of the
+    (default ``results_dir/figures``); figures: the figure function to call (default: ``PRESET_FIGURES`` of the
     preset named by ``sweep.json`` or by the table's ``preset`` column). The configuration columns passed to it
-    are the preset's parameters (``sweep.json``'s ``defaults``, else the preset's) present in the table.
+    are the preset's parameters (``sweep.json``'s ``defaults``) present in the table; without ``sweep.json`` none
+    (so no configuration column becomes a facet).
     """
     results_dir = Path(results_dir)
     table_path = results_dir / "table.csv"
@@ -85,18 +87,12 @@ def draw_figures(
     stored = manifest.get("defaults") if manifest is not None else None
     parameters: list[str] = list(stored) if isinstance(stored, dict) else []
     if figures is None:
-        from trustregion_lab.sweep.plan import available_presets  # the registry of named presets
-
         name = _preset_name(manifest, table, table_path)
-        presets = available_presets()
-        if name not in presets:
+        if name not in PRESET_FIGURES:
             raise ResultsError(
                 f"{results_dir} holds results of preset {name!r}, which is not a preset of this code"
             )
-        figures = presets[name].figures
-        parameters = parameters or list(presets[name].defaults)
-        if figures is None:
-            return []
+        figures = PRESET_FIGURES[name]
     outputs = figures(table, [name for name in parameters if name in table.columns])
     written: list[Path] = []
     for file_name, output in outputs.items():

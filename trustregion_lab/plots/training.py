@@ -3,9 +3,7 @@
 - `plot_training` / `training_figures`: ``training_curves.png``, reward, exact TV(μ, π) and the masked share
   over training steps (mean and a band over seeds, one hue per variant), and ``training_summary.csv``
   (`training_summary`: early/final reward and mean divergences per configuration × variant).
-- `plot_stability` / `stability_figures`: ``stability_curves.png``, the stability study's layout (reward,
-  mean |π − μ| and max (π − μ) over steps, one row per rollout engine; docs/design.md §7). The study's
-  per-run verdicts are computed by the analysis code and are not drawn here.
+The stability study's figures are in `trustregion_lab.plots.stability`.
 """
 
 from __future__ import annotations
@@ -19,14 +17,7 @@ from matplotlib.figure import Figure
 
 from trustregion_lab.plots.common import Outputs, drop_axis_legend, facet_labels, set_by_variant
 
-__all__ = [
-    "STABILITY_WINDOW",
-    "plot_stability",
-    "plot_training",
-    "stability_figures",
-    "training_figures",
-    "training_summary",
-]
+__all__ = ["plot_training", "training_figures", "training_summary"]
 
 # ------------------------------------------------------------------------------------------- training
 _TRAINING_PANELS = (
@@ -108,79 +99,3 @@ def training_summary(table: pd.DataFrame, config_columns: Sequence[str] = ()) ->
             out[f"{metric}_mean"] = table.groupby(keys)[metric].mean()
     out["tv_exact_max"] = table.groupby(keys)["tv_exact"].max()
     return out.reset_index()
-
-
-# ------------------------------------------------------------------------------------------- stability
-STABILITY_WINDOW = 10  # steps; the window of the study's "10-step" mean and median (docs/design.md §7)
-_STABILITY_COLUMNS = ("engine", "variant", "seed", "step", "reward", "mismatch_mean", "mismatch_max")
-_STABILITY_PANELS = (  # column, smoothing of each seed's curve, y label, log y axis when all values are > 0
-    ("reward", "mean", "training reward (10-step rolling mean)", False),
-    ("mismatch_mean", "median", "mean |π(a) − μ(a)| (probability, 10-step median)", True),
-    ("mismatch_max", "median", "max (π(a) − μ(a)) (probability, 10-step median)", False),
-)
-
-
-def plot_stability(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figure:
-    """Reward, mean |π − μ| and max (π − μ) over training steps (columns), one row per engine (and per value
-    of the other varying configuration columns), one hue per variant.
-
-    Each seed's curve is smoothed over W = STABILITY_WINDOW steps: reward by the rolling mean
-    r̃_t = mean(r_{t−W+1..t}), ``mismatch_mean`` and ``mismatch_max`` by the rolling median (the study's
-    definitions, docs/design.md §7); the line is the mean over seeds and the band the range (min to max) over
-    seeds. The mean-mismatch axis is logarithmic when every value drawn on it is positive.
-    table: a training table with the columns engine, variant, seed, step, reward, mismatch_mean and
-    mismatch_max (one row per run × step).
-    """
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"table: expected a pandas DataFrame, got {type(table).__name__}")
-    missing = [c for c in _STABILITY_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"table: expected a training table with the columns {list(_STABILITY_COLUMNS)}, it lacks {missing}"
-        )
-    if table.empty:
-        raise ValueError("table: expected at least one row (one row per run × step), got an empty table")
-    data = table.copy()
-    exclude = ["engine", *set_by_variant(data, config_columns)]
-    others = facet_labels(data, config_columns, exclude=exclude)
-    engine = "engine=" + data["engine"].astype(str)
-    data["facet"] = engine.where(others == "", engine + ", " + others)
-    keys = ["facet", "variant", "seed"]
-    data = data.sort_values([*keys, "step"])
-    for metric, how, _, _ in _STABILITY_PANELS:
-        data[metric] = data.groupby(keys)[metric].transform(
-            lambda v, how=how: getattr(v.rolling(STABILITY_WINDOW, min_periods=1), how)()
-        )
-    facets = sorted(data["facet"].unique())
-    variants = sorted(data["variant"].unique())
-    fig = Figure(figsize=(5.2 * len(_STABILITY_PANELS), 3.8 * len(facets) + 0.8))
-    axes = fig.subplots(len(facets), len(_STABILITY_PANELS), squeeze=False)
-    for row, facet in enumerate(facets):
-        sub = data[data["facet"] == facet]
-        for col, (metric, _, label, log_scale) in enumerate(_STABILITY_PANELS):
-            ax = axes[row, col]
-            sns.lineplot(
-                data=sub, x="step", y=metric, hue="variant", hue_order=variants, errorbar=("pi", 100), ax=ax
-            )
-            values = sub[metric].dropna()
-            if log_scale and len(values) and (values > 0).all():
-                ax.set_yscale("log")
-            ax.set_title(facet, fontsize=10)
-            ax.set_xlabel("training step (policy updates)")
-            ax.set_ylabel(label)
-            if (row, col) == (0, 0):
-                ax.legend(fontsize=7, loc="best")
-            else:
-                drop_axis_legend(ax)
-    fig.suptitle(
-        "Stability: mean over seeds (line) and range over seeds (band), each seed smoothed over "
-        f"{STABILITY_WINDOW} steps",
-        y=1.0,
-    )
-    fig.tight_layout()
-    return fig
-
-
-def stability_figures(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Outputs:
-    """The stability study's curves: ``stability_curves.png`` (`plot_stability`)."""
-    return {"stability_curves.png": plot_stability(table, config_columns)}

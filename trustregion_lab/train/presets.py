@@ -11,7 +11,9 @@ pass per batch the ratio is 1 and nothing separates the variants; docs/design.md
 
 The parameters are the fields of the trainer's config dataclass (grid key ``variant`` names the variant);
 ``low``, ``high`` and ``ratio_cap`` < 0 mean "the variant's own". A configuration is validated by building that
-dataclass; the figures are `trustregion_lab.plots.training_figures`.
+dataclass; the figure function of each preset is ``trustregion_lab.plots.PRESET_FIGURES[name]`` (attached by the
+sweep: `trustregion_lab.plots.training_figures` for the training presets, the ``stability*`` functions of
+`trustregion_lab.plots.stability` for the study's).
 
 Run with ``python -m trustregion_lab.sweep --preset bandit-train`` (or ``sequence-train``).
 """
@@ -24,7 +26,6 @@ from typing import Any
 
 import pandas as pd
 
-from trustregion_lab import plots
 from trustregion_lab.experiment import Preset
 from trustregion_lab.train import stability
 from trustregion_lab.train.config import BanditConfig, SequenceConfig, TrainConfig
@@ -145,7 +146,6 @@ def _preset(
     *,
     grid: dict[str, list[Any]] | None = None,
     seeds: int = 3,
-    figures: Callable[..., dict] = plots.training_figures,
 ) -> Preset:
     return Preset(
         name=name,
@@ -155,7 +155,6 @@ def _preset(
         grid=grid or {"variant": list(COMPARED_VARIANTS), "engine": ["none", "moe"]},
         seeds=seeds,
         validate=validate,
-        figures=figures,
     )
 
 
@@ -188,7 +187,6 @@ PRESETS: list[Preset] = [
             validate_sequence_preset,
             grid=study.grid,
             seeds=study.seeds,
-            figures=study.figures,
         )
         for study in stability.STUDIES
     ),
@@ -205,6 +203,5 @@ PRESETS: list[Preset] = [
         },
         seeds=1,
         validate=validate_search_preset,
-        figures=stability.search_figures,
     ),
 ]
