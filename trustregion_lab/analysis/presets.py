@@ -19,8 +19,12 @@ import numpy as np
 import pandas as pd
 
 from trustregion_lab._validate import check_choice, check_int, check_real
-from trustregion_lab.analysis.calibration import calibration_table, critical_thresholds, matched_threshold
-from trustregion_lab.analysis.confusion import MaskSpec, mask_confusion
+from trustregion_lab.analysis.calibration import (
+    batch_critical_thresholds,
+    calibration_table,
+    matched_threshold,
+)
+from trustregion_lab.analysis.confusion import BatchMaskSpec, mask_confusion
 from trustregion_lab.analysis.estimators import estimator_report
 from trustregion_lab.analysis.states import PERTURBATIONS, make_token_batch
 from trustregion_lab.analysis.tokens import SET_RULES, TokenBatch
@@ -129,8 +133,8 @@ def matched_ppo_reference(batch: TokenBatch, ppo_low: float, ppo_high: float) ->
 
     high is matched on the Â > 0 tokens (where PPO's high threshold acts), low on the Â < 0 tokens.
     """
-    ppo = critical_thresholds(batch, MaskSpec("ppo", ppo_low, ppo_high))
-    exact = critical_thresholds(batch, MaskSpec("dppo_exact_tv", 0.0, 0.0))
+    ppo = batch_critical_thresholds(batch, BatchMaskSpec("ppo", ppo_low, ppo_high))
+    exact = batch_critical_thresholds(batch, BatchMaskSpec("dppo_exact_tv", 0.0, 0.0))
     matched = []
     for side, eps in ((batch.advantages < 0, ppo_low), (batch.advantages > 0, ppo_high)):
         w = np.where(side, batch.weight, 0.0)
@@ -166,17 +170,17 @@ def _batch(
     )
 
 
-def _mask_specs(config: dict) -> list[MaskSpec]:
+def _mask_specs(config: dict) -> list[BatchMaskSpec]:
     k = max(_int_list(config["topk_sizes"], "topk_sizes"))
     rules = _str_list(config["set_rules"], "set_rules", SET_RULES)
     rule = "topk_plus_sampled" if "topk_plus_sampled" in rules else rules[0]
     d_tv, d_kl = float(config["delta_tv"]), float(config["delta_kl"])
     return [
-        MaskSpec("ppo", float(config["ppo_low"]), float(config["ppo_high"])),
-        MaskSpec("dppo_binary_tv", d_tv, d_tv),
-        MaskSpec("dppo_binary_kl", d_kl, d_kl),
-        MaskSpec("dppo_topk_tv", d_tv, d_tv, rule, k),
-        MaskSpec("dppo_topk_kl", d_kl, d_kl, rule, k),
+        BatchMaskSpec("ppo", float(config["ppo_low"]), float(config["ppo_high"])),
+        BatchMaskSpec("dppo_binary_tv", d_tv, d_tv),
+        BatchMaskSpec("dppo_binary_kl", d_kl, d_kl),
+        BatchMaskSpec("dppo_topk_tv", d_tv, d_tv, rule, k),
+        BatchMaskSpec("dppo_topk_kl", d_kl, d_kl, rule, k),
     ]
 
 
