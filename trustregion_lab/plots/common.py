@@ -29,6 +29,7 @@ __all__ = [
     "bucket_positions",
     "coinciding_groups",
     "coinciding_note",
+    "draw_lines",
     "drop_axis_legend",
     "facet_labels",
     "filled",
@@ -165,21 +166,58 @@ def coinciding_groups(curves: Mapping[str, pd.DataFrame | pd.Series], rtol: floa
     return [group for group in groups if len(group) > 1]
 
 
-def coinciding_note(curves: Mapping[str, pd.DataFrame | pd.Series]) -> str:
-    """ "lines coincide: a = b; c = d" for the names whose curves are equal ("" when none are)."""
-    groups = coinciding_groups(curves)
+def coinciding_note(curves: Mapping[str, pd.DataFrame | pd.Series] | list[list[str]]) -> str:
+    """The note "lines coincide: a = b; c = d" for the names whose curves are equal ("" when none are);
+    ``curves`` may also be the groups `coinciding_groups` returned."""
+    groups = curves if isinstance(curves, list) else coinciding_groups(curves)
     return "lines coincide: " + "; ".join(" = ".join(group) for group in groups) if groups else ""
 
 
 def readable_log_axis(ax, axis: str = "y") -> None:
     """Label a log axis so that it reads at a glance: ticks at 1, 2, 5 × 10^k in plain numbers when the axis
-    spans under three decades, one labelled tick per decade (10^k) otherwise."""
+    spans under three decades (1, 1.5, 2, 3, 5, 7 × 10^k under one decade), one labelled tick per decade (10^k)
+    otherwise."""
     low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
     target = ax.yaxis if axis == "y" else ax.xaxis
     if low > 0 and high / low < 1e3:
-        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if high / low < 10 else (1.0, 2.0, 5.0)
+        target.set_major_locator(LogLocator(base=10, subs=subs))
         target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     else:
         target.set_major_locator(LogLocator(base=10, numticks=12))
         target.set_major_formatter(LogFormatterSciNotation(base=10))
     target.set_minor_formatter(NullFormatter())
+
+
+def draw_lines(
+    ax,
+    data: pd.DataFrame,
+    x: str,
+    y: str,
+    by: str,
+    order: Sequence[str],
+    styles: Mapping[str, dict],
+    *,
+    dodge: float = 0.0,
+    labels: Mapping[str, str] | None = None,
+) -> list[list[str]]:
+    """One line per value of ``by`` (in ``order``; the mean of ``y`` over rows sharing an ``x``), each in its own
+    colour, line style and marker from ``styles``; ``dodge`` shifts the i-th line by (i − (n − 1)/2) · dodge
+    along x so that markers of equal values sit side by side. Returns the groups of names whose lines coincide
+    (`coinciding_groups`), for the caller's "lines coincide" note."""
+    present = [name for name in order if (data[by] == name).any()]
+    curves = {name: data[data[by] == name].groupby(x)[y].mean().sort_index() for name in present}
+    for i, name in enumerate(present):
+        curve, style = curves[name], styles[name]
+        shift = (i - (len(present) - 1) / 2) * dodge
+        ax.plot(
+            np.asarray(curve.index, dtype=float) + shift,
+            curve.to_numpy(),
+            label=(labels or {}).get(name, name),
+            color=style["color"],
+            linestyle=style["linestyle"],
+            marker=style["marker"],
+            markersize=5,
+            linewidth=1.4,
+        )
+    return coinciding_groups(curves)

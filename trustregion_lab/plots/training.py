@@ -1,7 +1,8 @@
 """Figures of the training presets, drawn from per-step training tables (one row per run × step).
 
 - `plot_training` / `training_figures`: ``training_curves.png``, reward, exact TV(μ, π) and the masked share
-  over training steps (mean and a band over seeds, one hue per variant), and ``training_summary.csv``
+  over training steps, one row of small panels per variant (mean, and a band over seeds when there are
+  several), and ``training_summary.csv``
   (`training_summary`: early/final reward and mean divergences per configuration × variant).
 The stability study's figures are in `trustregion_lab.plots.stability`.
 """
@@ -12,10 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
-from trustregion_lab.plots.common import Outputs, drop_axis_legend, facet_labels, set_by_variant
+from trustregion_lab.plots.common import Outputs, facet_labels, readable_log_axis, set_by_variant, style_map
 
 __all__ = ["plot_training", "training_figures", "training_summary"]
 
@@ -28,43 +28,72 @@ _TRAINING_PANELS = (
 
 
 def plot_training(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figure:
-    """Reward, exact TV(μ, π) and the masked share over steps, one hue per variant, one column per value of the
-    varying configuration columns (e.g. engine: mismatch on or off).
+    """Small multiples: one row per variant, one column per quantity (reward, exact TV(μ, π), masked share),
+    one colour, line style and marker per value of the varying configuration columns (e.g. engine: mismatch
+    on or off), the y axes shared down each column so that the variants compare at a glance.
 
     Each seed's curve is first smoothed by a rolling mean over W steps (W = steps/16, at least 1); the line is the
-    mean over seeds and the band the range (min to max) over seeds — a band that stays positive, so it can be
-    drawn on the log axis that exact TV needs.
+    mean over seeds, and with several seeds a band shows their range (min to max) — a band that stays
+    positive, so it can be drawn on the log axis that exact TV needs. With one seed no band is drawn.
     """
     data = table.copy()
     data["facet"] = facet_labels(data, config_columns, exclude=set_by_variant(data, config_columns))
+    data["facet"] = data["facet"].where(data["facet"] != "", "all runs")
     facets = sorted(data["facet"].unique())
+    variants = sorted(data["variant"].unique())
     panels = [p for p in _TRAINING_PANELS if p[0] in data.columns]
     window = max(1, round(data["step"].nunique() / 16))
     keys = [c for c in ("facet", "variant", "seed") if c in data.columns]
     data = data.sort_values([*keys, "step"])
     for metric, _, _ in panels:
         data[metric] = data.groupby(keys)[metric].transform(lambda v: v.rolling(window, min_periods=1).mean())
-    fig = Figure(figsize=(5.5 * len(facets) + 1, 4.2 * len(panels)))
-    axes = fig.subplots(len(panels), len(facets), squeeze=False)
-    for col, facet in enumerate(facets):
-        sub = data[data["facet"] == facet]
-        for row, (metric, label, log_scale) in enumerate(panels):
+    seeds = data["seed"].nunique() if "seed" in data.columns else 1
+    styles = style_map(facets)
+    fig = Figure(figsize=(4.6 * len(panels) + 0.5, 2.1 * len(variants) + 1.4), layout="constrained")
+    axes = fig.subplots(len(variants), len(panels), squeeze=False, sharex=True, sharey="col")
+    for col, (metric, label, log_scale) in enumerate(panels):
+        positive = data[metric][data[metric] > 0]
+        use_log = log_scale and len(positive) and positive.max() / max(positive.min(), 1e-300) > 100
+        for row, variant in enumerate(variants):
             ax = axes[row, col]
-            sns.lineplot(data=sub, x="step", y=metric, hue="variant", errorbar=("pi", 100), ax=ax)
-            if log_scale:
-                positive = sub[metric][sub[metric] > 0]
-                if len(positive) and positive.max() / max(positive.min(), 1e-300) > 100:
-                    ax.set_yscale("log")
-            ax.set_xlabel("training step (policy updates)")
-            ax.set_ylabel(label)
-            ax.set_title(facet or "all runs", fontsize=10)
-            if row == 0 and col == 0:
-                ax.legend(fontsize=7, loc="best")
-            else:
-                drop_axis_legend(ax)
+            sub = data[data["variant"] == variant]
+            for facet in facets:
+                runs = sub[sub["facet"] == facet]
+                if runs.empty:
+                    continue
+                curve = runs.groupby("step")[metric].agg(["mean", "min", "max"])
+                style = styles[facet]
+                every = max(1, len(curve) // 6)
+                ax.plot(
+                    curve.index,
+                    curve["mean"],
+                    label=facet,
+                    color=style["color"],
+                    linestyle=style["linestyle"],
+                    marker=style["marker"],
+                    markevery=(facets.index(facet) * every // len(facets), every),
+                    markersize=4,
+                    linewidth=1.3,
+                )
+                if seeds > 1:
+                    ax.fill_between(
+                        curve.index, curve["min"], curve["max"], color=style["color"], alpha=0.15, linewidth=0
+                    )
+            if use_log:
+                ax.set_yscale("log")
+            if row == 0:
+                ax.set_title(label, fontsize=10)
+            if col == 0:
+                ax.set_ylabel(variant, fontsize=10)
+            if row == len(variants) - 1:
+                ax.set_xlabel("training step (policy updates)")
+        if use_log:
+            readable_log_axis(axes[0, col])
+    handles, texts = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="outside lower center", ncol=len(facets), frameon=False)
+    band = f"line: mean over {seeds} seeds, band: range over seeds" if seeds > 1 else "one seed"
     smoothing = f", rolling mean over {window} steps" if window > 1 else ""
-    fig.suptitle(f"Training curves: mean over seeds (line) and range over seeds (band){smoothing}", y=1.0)
-    fig.tight_layout()
+    fig.suptitle(f"Training curves, one row per variant ({band}{smoothing})")
     return fig
 
 
