@@ -180,3 +180,18 @@ def test_a_tiny_bandit_sweep_draws_the_training_figures(tmp_path):
         ("none", "pg_is"),
         ("none", "ppo"),
     ]
+
+
+def test_a_search_cell_records_the_values_it_ran_with(monkeypatch):
+    """The search figure reads each cell's change from the table, so the rows carry the values used."""
+    from trustregion_lab.train import presets
+
+    def tiny_run(config, seed):
+        return pd.DataFrame({"step": [1, 2], "engine": [config["engine"]] * 2, "seed": [seed] * 2})
+
+    monkeypatch.setattr(presets, "run_sequence_preset", tiny_run)
+    search = available_presets()["stability-search"]
+    rows = presets.run_search_preset({**search.defaults, "search_cell": "lr x3"}, 0)
+    assert (rows["lr"] == 3 * search.defaults["lr"]).all() and (rows["search_cell"] == "lr x3").all()
+    rows = presets.run_search_preset({**search.defaults, "search_cell": "fp16 engine"}, 0)
+    assert (rows["engine"] == "model-fp16").all() and (rows["lr"] == search.defaults["lr"]).all()

@@ -116,8 +116,13 @@ def _search_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_search_preset(config: dict[str, Any], seed: int) -> pd.DataFrame:
-    """One cell of the stability search: the study's setting with the cell's single-knob change."""
-    table = run_sequence_preset(_search_config(config), seed)
+    """One cell of the stability search: the study's setting with the cell's single-knob change. The rows carry
+    the values the run used (e.g. ``lr`` of the ``lr x3`` cell), so the figures read the change from the table."""
+    effective = _search_config(config)
+    table = run_sequence_preset(effective, seed)
+    for key, value in effective.items():
+        if key not in table.columns:
+            table[key] = value
     table["search_cell"] = config["search_cell"]
     return table
 
