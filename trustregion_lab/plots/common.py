@@ -184,7 +184,7 @@ def readable_log_axis(ax, axis: str = "y") -> None:
         target.set_major_locator(LogLocator(base=10, subs=subs))
         target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     else:
-        target.set_major_locator(LogLocator(base=10, numticks=12))
+        target.set_major_locator(LogLocator(base=10, numticks=7))
         target.set_major_formatter(LogFormatterSciNotation(base=10))
     target.set_minor_formatter(NullFormatter())
 
