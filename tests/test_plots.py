@@ -216,6 +216,15 @@ def test_training_figure_from_a_synthetic_table(tmp_path):
     table.to_csv(out / "table.csv", index=False)
     written = plots.draw_figures(out, figures=plots.training_figures)
     assert [p.name for p in written] == ["training_curves.png"]
+    # without sweep.json the configuration is what stays constant within each run: engine is still a facet
+    runs = table.assign(run_id=table["variant"] + "-" + table["engine"] + "-" + table["seed"].astype(str))
+    columns = []
+    runs.to_csv(out / "table.csv", index=False)
+    plots.draw_figures(out, figures=lambda t, c: columns.extend(c) or {})
+    assert {"engine", "variant", "seed", "ratio_cap"} <= set(columns) and not {"step", "reward"} & set(
+        columns
+    )
+    table.to_csv(out / "table.csv", index=False)
     pd.testing.assert_frame_equal(
         pd.read_csv(out / "figures" / "training_summary.csv"),
         plots.training_summary(table, []),

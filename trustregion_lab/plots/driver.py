@@ -59,6 +59,15 @@ def _preset_name(manifest: dict[str, Any] | None, table: pd.DataFrame, table_pat
     return str(names[0])
 
 
+def _run_constants(table: pd.DataFrame) -> list[str]:
+    """Without a manifest: the columns constant within every run (``run_id``), i.e. the configuration; [] when
+    the table names no runs."""
+    if "run_id" not in table.columns or table.empty:
+        return []
+    counts = table.groupby("run_id", dropna=False).nunique(dropna=False).max()
+    return [column for column in table.columns if column != "run_id" and counts.get(column, 2) <= 1]
+
+
 def draw_figures(
     results_dir: str | os.PathLike,
     figures_dir: str | os.PathLike | None = None,
@@ -70,8 +79,8 @@ def draw_figures(
     results_dir: a sweep folder holding ``table.csv`` (and ``sweep.json``); figures_dir: where the files go
     (default ``results_dir/figures``); figures: the figure function to call (default: ``PRESET_FIGURES`` of the
     preset named by ``sweep.json`` or by the table's ``preset`` column). The configuration columns passed to it
-    are the preset's parameters (``sweep.json``'s ``defaults``) present in the table; without ``sweep.json`` none
-    (so no configuration column becomes a facet).
+    are the preset's parameters (``sweep.json``'s ``defaults``) present in the table; without ``sweep.json`` the
+    columns constant within each run (``run_id``), none when the table has no ``run_id``.
     """
     results_dir = Path(results_dir)
     table_path = results_dir / "table.csv"
@@ -85,7 +94,7 @@ def draw_figures(
     manifest = _read_manifest(results_dir)
     table = pd.read_csv(table_path, keep_default_na=False, na_values=["", "nan", "NaN"])
     stored = manifest.get("defaults") if manifest is not None else None
-    parameters: list[str] = list(stored) if isinstance(stored, dict) else []
+    parameters: list[str] = list(stored) if isinstance(stored, dict) else _run_constants(table)
     if figures is None:
         name = _preset_name(manifest, table, table_path)
         if name not in PRESET_FIGURES:
