@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from trustregion_lab.plots.common import Outputs, facet_labels, readable_log_axis, set_by_variant, style_map
 
@@ -87,6 +88,7 @@ def plot_training(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Fi
                 ax.set_ylabel(variant, fontsize=10)
             if row == len(variants) - 1:
                 ax.set_xlabel("training step (policy updates)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if use_log:
             readable_log_axis(axes[0, col])
     handles, texts = axes[0, 0].get_legend_handles_labels()
