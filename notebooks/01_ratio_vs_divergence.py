@@ -249,9 +249,9 @@ batch = analysis.make_token_batch(
     step_size=3.0,
     topk_sizes=(),
 )
-keep_ppo = analysis.token_mask(batch, analysis.MaskSpec("ppo", 0.2, 0.2))
-keep_tv = analysis.token_mask(batch, analysis.MaskSpec("dppo_exact_tv", 0.15, 0.15))
-keep_bin = analysis.token_mask(batch, analysis.MaskSpec("dppo_binary_tv", 0.15, 0.15))
+keep_ppo = analysis.token_mask(batch, analysis.BatchMaskSpec("ppo", 0.2, 0.2))
+keep_tv = analysis.token_mask(batch, analysis.BatchMaskSpec("dppo_exact_tv", 0.15, 0.15))
+keep_bin = analysis.token_mask(batch, analysis.BatchMaskSpec("dppo_binary_tv", 0.15, 0.15))
 mu_a = np.exp(batch.rollout_logprob)
 pi_a = np.exp(batch.logprob)
 ratio = pi_a / mu_a

@@ -47,9 +47,9 @@ SEED = 0
 THRESHOLDS = tuple(np.round(np.arange(0.0, 0.5001, 0.01), 2))
 EPSILONS = tuple(np.round(np.arange(0.05, 0.4001, 0.01), 2))
 SPECS = (
-    analysis.MaskSpec("dppo_binary_tv", 0.0, 0.0),
-    analysis.MaskSpec("dppo_exact_tv", 0.0, 0.0),
-    analysis.MaskSpec("dppo_binary_kl", 0.0, 0.0),
+    analysis.BatchMaskSpec("dppo_binary_tv", 0.0, 0.0),
+    analysis.BatchMaskSpec("dppo_exact_tv", 0.0, 0.0),
+    analysis.BatchMaskSpec("dppo_binary_kl", 0.0, 0.0),
 )
 pd.set_option("display.precision", 4)
 print(f"QUICK={QUICK}: vocabulary {VOCAB:,}, {NUM_STATES} states × {SAMPLES_PER_STATE} tokens")

@@ -8,9 +8,9 @@ import pytest
 
 from trustregion_lab import masks
 from trustregion_lab.analysis import (
-    MaskSpec,
+    BatchMaskSpec,
+    batch_critical_thresholds,
     calibration_table,
-    critical_thresholds,
     enumerate_tokens,
     estimator_report,
     make_token_batch,
@@ -184,9 +184,9 @@ def test_mask_confusion_matches_direct_rule_and_gradient_mass():
     adv[0, :3] = 0.0  # Â = 0 tokens are left out of every denominator
     batch = sampled_tokens(mu_logits, pi_logits, tokens, adv)
     specs = [
-        MaskSpec("ppo", 0.2, 0.28),
-        MaskSpec("dppo_binary_tv", 0.1, 0.1),
-        MaskSpec("dppo_binary_kl", 0.02, 0.02),
+        BatchMaskSpec("ppo", 0.2, 0.28),
+        BatchMaskSpec("dppo_binary_tv", 0.1, 0.1),
+        BatchMaskSpec("dppo_binary_kl", 0.02, 0.02),
     ]
     table = mask_confusion(batch, specs, ppo_reference=(0.12, 0.12), ratio_cap=10.0)
 
@@ -237,9 +237,9 @@ def test_exact_and_topk_masks_agree_with_trust_region_mask_token_by_token():
     batch = sampled_tokens(mu_logits, pi_logits, tokens, rng.normal(size=(s, n)), topk_sizes=(4,))
     state = batch.state
     for spec in (
-        MaskSpec("dppo_exact_tv", 0.1, 0.15),
-        MaskSpec("dppo_exact_kl", 0.05, 0.05),
-        MaskSpec("dppo_topk_tv", 0.1, 0.1, "topk_plus_sampled", 4),
+        BatchMaskSpec("dppo_exact_tv", 0.1, 0.15),
+        BatchMaskSpec("dppo_exact_kl", 0.05, 0.05),
+        BatchMaskSpec("dppo_topk_tv", 0.1, 0.1, "topk_plus_sampled", 4),
     ):
         extra = {"logits": pi_logits[state]}
         if spec.method.startswith("dppo_topk"):
@@ -267,13 +267,13 @@ def test_critical_thresholds_reproduce_trust_region_mask():
     tokens = sample_from_logits(rng, mu_logits, n)
     batch = sampled_tokens(mu_logits, pi_logits, tokens, rng.normal(size=(s, n)), topk_sizes=(3,))
     for spec in (
-        MaskSpec("ppo", 0, 0),
-        MaskSpec("dppo_binary_tv", 0, 0),
-        MaskSpec("dppo_binary_kl", 0, 0),
-        MaskSpec("dppo_exact_tv", 0, 0),
-        MaskSpec("dppo_topk_kl", 0, 0, "topk", 3),
+        BatchMaskSpec("ppo", 0, 0),
+        BatchMaskSpec("dppo_binary_tv", 0, 0),
+        BatchMaskSpec("dppo_binary_kl", 0, 0),
+        BatchMaskSpec("dppo_exact_tv", 0, 0),
+        BatchMaskSpec("dppo_topk_kl", 0, 0, "topk", 3),
     ):
-        c = critical_thresholds(batch, spec)
+        c = batch_critical_thresholds(batch, spec)
         for t in rng.uniform(0.0, 0.5, size=3):
             kept = np.asarray(
                 masks.trust_region_mask(
@@ -321,11 +321,11 @@ def test_calibration_table_matched_delta_equalises_mask_rates():
     match = table[(table.record == "match") & (table.stratum == "all")]
     valid = batch.advantages != 0
     w = np.where(valid, batch.weight, 0.0)
-    ppo_c = critical_thresholds(batch, MaskSpec("ppo", 0, 0))
+    ppo_c = batch_critical_thresholds(batch, BatchMaskSpec("ppo", 0, 0))
     for row in match.itertuples():
         target = (w * (ppo_c > row.epsilon)).sum() / w.sum()
         assert row.ppo_mask_rate == pytest.approx(target, abs=1e-12)
-        c = critical_thresholds(batch, MaskSpec(row.method, 0, 0))
+        c = batch_critical_thresholds(batch, BatchMaskSpec(row.method, 0, 0))
         assert (w * (c > row.matched_delta)).sum() / w.sum() <= target + 1e-12
 
 
@@ -392,9 +392,9 @@ def test_run_analysis_tables_are_tidy_and_reproducible():
 
 def test_bad_inputs_raise_with_clear_messages():
     with pytest.raises(ValueError, match="method"):
-        MaskSpec("clip_everything", 0.2, 0.2)
+        BatchMaskSpec("clip_everything", 0.2, 0.2)
     with pytest.raises(ValueError, match="set_rule"):
-        MaskSpec("dppo_topk_tv", 0.2, 0.2)
+        BatchMaskSpec("dppo_topk_tv", 0.2, 0.2)
     with pytest.raises(ValueError, match="mu"):
         mu_buckets().assign(np.array([1.5]))
     with pytest.raises(ValueError, match="advantages"):

@@ -266,7 +266,7 @@ def test_a_registered_method_works_in_masks_losses_and_calibration(monkeypatch):
     )  # fmt: skip
     assert metrics["mask_frac"] == pytest.approx((~want)[adv != 0].mean())
     tokens = sampled_tokens(x, y, a[:, None], adv[:, None])
-    c = calibration.critical_thresholds(tokens, confusion.MaskSpec("dummy_sq", 0.0, 0.0))
+    c = calibration.batch_critical_thresholds(tokens, confusion.BatchMaskSpec("dummy_sq", 0.0, 0.0))
     outward = ((adv > 0) & (pi_a > mu_a)) | ((adv < 0) & (pi_a < mu_a))
     np.testing.assert_allclose(c[outward], ((pi_a - mu_a) ** 2)[outward], rtol=1e-12)
     assert np.isneginf(c[~outward]).all()

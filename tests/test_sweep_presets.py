@@ -30,11 +30,30 @@ def test_every_preset_names_a_figure_function_of_plots_and_a_validator():
         "vocab-scaling": plots.vocab_scaling_figures,
         "bandit-train": plots.training_figures,
         "sequence-train": plots.training_figures,
+        "stability": plots.stability_figures,
+        "stability-long": plots.stability_figures,
+        "stability-search": plots.stability_search_figures,
+        "stability-calibration": plots.stability_calibration_figures,
     }
     assert set(expected) <= set(presets)
     for name, figures in expected.items():
         assert presets[name].figures is figures
         assert callable(presets[name].validate)
+    # the figure registry and the sweep's presets name the same presets, each with a function of plots
+    assert set(plots.PRESET_FIGURES) == set(presets)
+    for name, preset in presets.items():
+        assert preset.figures is plots.PRESET_FIGURES[name]
+        assert preset.figures.__module__.startswith("trustregion_lab.plots.")
+
+
+def test_the_modules_that_define_presets_name_no_figure_function():
+    """The figures are attached by the sweep from plots' registry, so analysis and train never import plots."""
+    from trustregion_lab.analysis.presets import PRESETS as analysis_presets
+    from trustregion_lab.train.presets import PRESETS as training_presets
+
+    assert [p.figures for p in [*analysis_presets, *training_presets]] == [None] * (
+        len(analysis_presets) + len(training_presets)
+    )
 
 
 @pytest.mark.parametrize("name", ANALYSIS_PRESETS)
@@ -197,3 +216,18 @@ def test_each_preset_duration_is_stated_once_and_agrees_everywhere():
             assert f"{duration} on 2 idle cores" in line, (name, line)
             others = [d for d in _ANY_DURATION.findall(line) if d != duration and d not in duration]
             assert not others, (name, line, others)
+
+
+def test_a_search_cell_records_the_values_it_ran_with(monkeypatch):
+    """The search figure reads each cell's change from the table, so the rows carry the values used."""
+    from trustregion_lab.train import presets
+
+    def tiny_run(config, seed):
+        return pd.DataFrame({"step": [1, 2], "engine": [config["engine"]] * 2, "seed": [seed] * 2})
+
+    monkeypatch.setattr(presets, "run_sequence_preset", tiny_run)
+    search = available_presets()["stability-search"]
+    rows = presets.run_search_preset({**search.defaults, "search_cell": "lr x3"}, 0)
+    assert (rows["lr"] == 3 * search.defaults["lr"]).all() and (rows["search_cell"] == "lr x3").all()
+    rows = presets.run_search_preset({**search.defaults, "search_cell": "fp16 engine"}, 0)
+    assert (rows["engine"] == "model-fp16").all() and (rows["lr"] == search.defaults["lr"]).all()

@@ -8,7 +8,8 @@ A *preset* is a named experiment that owns its computation, its checks and its f
 - ``validate(config)``: raises ``ValueError``/``TypeError`` for a configuration ``run`` would reject, so a sweep
   checks every configuration of its grid before the first run starts;
 - ``figures(table, config_columns) -> {file name: Figure or DataFrame}``: what ``trustregion_lab.plots`` draws
-  from the preset's stored table (PNG for a figure, CSV for a table).
+  from the preset's stored table (PNG for a figure, CSV for a table). The modules that define presets leave it
+  None; the sweep attaches ``trustregion_lab.plots.PRESET_FIGURES[name]`` (so they never import ``plots``).
 
 This module is deliberately dependency-free (dataclasses and typing only) so that analysis and training modules
 can define presets without importing the sweep machinery.

@@ -19,12 +19,12 @@ from trustregion_lab.analysis.buckets import (
     mu_buckets,
 )
 from trustregion_lab.analysis.calibration import (
+    batch_critical_thresholds,
     calibration_table,
-    critical_thresholds,
     mask_rate,
     matched_threshold,
 )
-from trustregion_lab.analysis.confusion import MaskSpec, gradient_mass, mask_confusion, token_mask
+from trustregion_lab.analysis.confusion import BatchMaskSpec, gradient_mass, mask_confusion, token_mask
 from trustregion_lab.analysis.estimators import ESTIMATOR_TARGETS, estimator_report, token_estimates
 from trustregion_lab.analysis.states import make_token_batch, sample_from_logits
 from trustregion_lab.analysis.tokens import (
@@ -42,10 +42,10 @@ __all__ = [
     "DEFAULT_MU_EDGES",
     "ESTIMATOR_TARGETS",
     "SET_RULES",
-    "MaskSpec",
+    "BatchMaskSpec",
     "TokenBatch",
+    "batch_critical_thresholds",
     "calibration_table",
-    "critical_thresholds",
     "entropy_buckets",
     "enumerate_tokens",
     "estimator_report",

@@ -28,23 +28,23 @@ import torch
 from trustregion_lab import divergence as div
 from trustregion_lab import masks
 from trustregion_lab.analysis.buckets import DEFAULT_ENTROPY_EDGES, entropy_buckets
-from trustregion_lab.analysis.confusion import MaskSpec
+from trustregion_lab.analysis.confusion import BatchMaskSpec
 from trustregion_lab.analysis.estimators import topk_estimates
 from trustregion_lab.analysis.tokens import TokenBatch, state_entropy
 
-__all__ = ["calibration_table", "critical_thresholds", "mask_rate", "matched_threshold"]
+__all__ = ["batch_critical_thresholds", "calibration_table", "mask_rate", "matched_threshold"]
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.0, 0.5001, 0.01), 2))
 DEFAULT_EPSILONS: tuple[float, ...] = tuple(np.round(np.arange(0.04, 0.4001, 0.02), 2))
-DEFAULT_CALIBRATION_SPECS: tuple[MaskSpec, ...] = (
-    MaskSpec("dppo_binary_tv", 0.0, 0.0),
-    MaskSpec("dppo_exact_tv", 0.0, 0.0),
-    MaskSpec("dppo_binary_kl", 0.0, 0.0),
-    MaskSpec("dppo_exact_kl", 0.0, 0.0),
+DEFAULT_CALIBRATION_SPECS: tuple[BatchMaskSpec, ...] = (
+    BatchMaskSpec("dppo_binary_tv", 0.0, 0.0),
+    BatchMaskSpec("dppo_exact_tv", 0.0, 0.0),
+    BatchMaskSpec("dppo_binary_kl", 0.0, 0.0),
+    BatchMaskSpec("dppo_exact_kl", 0.0, 0.0),
 )
 
 
-def critical_thresholds(batch: TokenBatch, spec: MaskSpec) -> np.ndarray:
+def batch_critical_thresholds(batch: TokenBatch, spec: BatchMaskSpec) -> np.ndarray:
     """Per token `[N]`, the threshold c above which `spec.method` drops the token: the registry entry's critical
     threshold (``trustregion_lab.masks.MaskMethod.critical``) on the side of the token's advantage sign, −∞ for
     Â = 0. The spec's own thresholds are ignored (only its method, set rule and K are used).
@@ -93,7 +93,7 @@ def matched_threshold(critical: np.ndarray, weight: np.ndarray, target_rate: flo
 
 def calibration_table(
     batch: TokenBatch,
-    specs: Sequence[MaskSpec] = DEFAULT_CALIBRATION_SPECS,
+    specs: Sequence[BatchMaskSpec] = DEFAULT_CALIBRATION_SPECS,
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     epsilons: Sequence[float] = DEFAULT_EPSILONS,
@@ -113,8 +113,8 @@ def calibration_table(
     strata = [("all", np.ones(n, bool), "all", np.nan, np.nan)] + [
         ("entropy", entropy_group == b, h_b.labels[b], h_b.lo[b], h_b.hi[b]) for b in range(len(h_b.labels))
     ]
-    ppo = MaskSpec("ppo", 0.0, 0.0)
-    critical = {spec: critical_thresholds(batch, spec) for spec in (ppo, *specs)}
+    ppo = BatchMaskSpec("ppo", 0.0, 0.0)
+    critical = {spec: batch_critical_thresholds(batch, spec) for spec in (ppo, *specs)}
     rows = []
     for stratum, members, label, lo, hi in strata:
         cell = members & valid

@@ -36,7 +36,7 @@ from trustregion_lab.analysis.buckets import (
 )
 from trustregion_lab.analysis.tokens import TokenBatch, state_entropy, unique_rows
 
-__all__ = ["MaskSpec", "gradient_mass", "mask_confusion", "token_mask"]
+__all__ = ["BatchMaskSpec", "gradient_mass", "mask_confusion", "token_mask"]
 
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -50,7 +50,7 @@ def _is_exact(method: str) -> bool:
 
 
 @dataclass(frozen=True)
-class MaskSpec:
+class BatchMaskSpec:
     """One mask to evaluate: method name (see `trustregion_lab.masks.METHODS`), thresholds, Top-K set."""
 
     method: str
@@ -72,7 +72,7 @@ class MaskSpec:
         return self.method
 
 
-def token_mask(batch: TokenBatch, spec: MaskSpec) -> np.ndarray:
+def token_mask(batch: TokenBatch, spec: BatchMaskSpec) -> np.ndarray:
     """`trust_region_mask` for every token of the batch → bool `[N]` (True = keep)."""
     common = {"low": spec.low, "high": spec.high}
     if not (_is_topk(spec.method) or _is_exact(spec.method)):
@@ -130,18 +130,18 @@ def gradient_mass(batch: TokenBatch, ratio_cap: float = 10.0) -> np.ndarray:
     return np.abs(batch.advantages) * np.minimum(ratio, ratio_cap) * norm
 
 
-def _reference(spec: MaskSpec, ppo_reference: tuple[float, float]) -> MaskSpec:
+def _reference(spec: BatchMaskSpec, ppo_reference: tuple[float, float]) -> BatchMaskSpec:
     entry = masks.METHODS[spec.method]
     if entry.rule != "divergence":  # a ratio threshold ε is not a divergence: compare with exact TV at δ
-        return MaskSpec("dppo_exact_tv", *ppo_reference)
+        return BatchMaskSpec("dppo_exact_tv", *ppo_reference)
     if entry.divergence == "kl":
-        return MaskSpec("dppo_exact_kl", spec.low, spec.high)
-    return MaskSpec("dppo_exact_tv", spec.low, spec.high)
+        return BatchMaskSpec("dppo_exact_kl", spec.low, spec.high)
+    return BatchMaskSpec("dppo_exact_tv", spec.low, spec.high)
 
 
 def mask_confusion(
     batch: TokenBatch,
-    specs: Sequence[MaskSpec],
+    specs: Sequence[BatchMaskSpec],
     *,
     ppo_reference: tuple[float, float] = (0.15, 0.15),
     ratio_cap: float = 10.0,
@@ -177,7 +177,7 @@ def mask_confusion(
         ),
     ]
     signs = {"all": valid, "pos": batch.advantages > 0, "neg": batch.advantages < 0}
-    reference_cache: dict[MaskSpec, np.ndarray] = {}
+    reference_cache: dict[BatchMaskSpec, np.ndarray] = {}
     rows = []
     for spec in specs:
         ref_spec = _reference(spec, ppo_reference)

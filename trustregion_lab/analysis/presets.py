@@ -10,7 +10,7 @@
 Every row carries ``analysis``; list-valued parameters are strings joined by "+" (e.g. ``topk_sizes="5+20"``),
 so that one command-line value holds them (``--grid topk_sizes=5+20,50``). `validate_analysis` checks a
 configuration without computing anything (the sweep calls it for every configuration before the first run);
-each preset draws its figures with a figure function of ``trustregion_lab.plots``.
+the figure function of each preset is ``trustregion_lab.plots.PRESET_FIGURES[name]`` (attached by the sweep).
 """
 
 from __future__ import annotations
@@ -18,15 +18,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from trustregion_lab import plots
 from trustregion_lab._validate import check_choice, check_int, check_real
-from trustregion_lab.analysis.calibration import calibration_table, critical_thresholds, matched_threshold
-from trustregion_lab.analysis.confusion import MaskSpec, mask_confusion
+from trustregion_lab.analysis.calibration import (
+    batch_critical_thresholds,
+    calibration_table,
+    matched_threshold,
+)
+from trustregion_lab.analysis.confusion import BatchMaskSpec, mask_confusion
 from trustregion_lab.analysis.estimators import estimator_report
 from trustregion_lab.analysis.states import PERTURBATIONS, make_token_batch
 from trustregion_lab.analysis.tokens import SET_RULES, TokenBatch
 from trustregion_lab.envs.logit_model import LOGIT_FAMILIES
-from trustregion_lab.experiment import FigureFunction, Preset
+from trustregion_lab.experiment import Preset
 from trustregion_lab.mismatch import ENGINE_PRESETS
 
 __all__ = [
@@ -130,8 +133,8 @@ def matched_ppo_reference(batch: TokenBatch, ppo_low: float, ppo_high: float) ->
 
     high is matched on the Â > 0 tokens (where PPO's high threshold acts), low on the Â < 0 tokens.
     """
-    ppo = critical_thresholds(batch, MaskSpec("ppo", ppo_low, ppo_high))
-    exact = critical_thresholds(batch, MaskSpec("dppo_exact_tv", 0.0, 0.0))
+    ppo = batch_critical_thresholds(batch, BatchMaskSpec("ppo", ppo_low, ppo_high))
+    exact = batch_critical_thresholds(batch, BatchMaskSpec("dppo_exact_tv", 0.0, 0.0))
     matched = []
     for side, eps in ((batch.advantages < 0, ppo_low), (batch.advantages > 0, ppo_high)):
         w = np.where(side, batch.weight, 0.0)
@@ -167,17 +170,17 @@ def _batch(
     )
 
 
-def _mask_specs(config: dict) -> list[MaskSpec]:
+def _mask_specs(config: dict) -> list[BatchMaskSpec]:
     k = max(_int_list(config["topk_sizes"], "topk_sizes"))
     rules = _str_list(config["set_rules"], "set_rules", SET_RULES)
     rule = "topk_plus_sampled" if "topk_plus_sampled" in rules else rules[0]
     d_tv, d_kl = float(config["delta_tv"]), float(config["delta_kl"])
     return [
-        MaskSpec("ppo", float(config["ppo_low"]), float(config["ppo_high"])),
-        MaskSpec("dppo_binary_tv", d_tv, d_tv),
-        MaskSpec("dppo_binary_kl", d_kl, d_kl),
-        MaskSpec("dppo_topk_tv", d_tv, d_tv, rule, k),
-        MaskSpec("dppo_topk_kl", d_kl, d_kl, rule, k),
+        BatchMaskSpec("ppo", float(config["ppo_low"]), float(config["ppo_high"])),
+        BatchMaskSpec("dppo_binary_tv", d_tv, d_tv),
+        BatchMaskSpec("dppo_binary_kl", d_kl, d_kl),
+        BatchMaskSpec("dppo_topk_tv", d_tv, d_tv, rule, k),
+        BatchMaskSpec("dppo_topk_kl", d_kl, d_kl, rule, k),
     ]
 
 
@@ -210,9 +213,7 @@ def run_analysis(config: dict, seed: int) -> pd.DataFrame:
     return calibration_table(batch)
 
 
-def _preset(
-    name: str, help_text: str, figures: FigureFunction, grid: dict, seeds: int = 1, **overrides: object
-) -> Preset:
+def _preset(name: str, help_text: str, grid: dict, seeds: int = 1, **overrides: object) -> Preset:
     return Preset(
         name=name,
         help=help_text,
@@ -221,7 +222,6 @@ def _preset(
         grid=grid,
         seeds=seeds,
         validate=validate_analysis,
-        figures=figures,
     )
 
 
@@ -230,14 +230,12 @@ PRESETS: list[Preset] = [
         "default",
         "The main job: estimator report card, mask confusion, ε↔δ calibration and vocabulary scaling on "
         "LLM-like states after a simulated policy-gradient step (one run each, under a minute on 2 idle cores).",
-        plots.analysis_suite_figures,
         {"analysis": list(ANALYSES)},
     ),
     _preset(
         "estimators",
         "Estimator report card (|r−1|/2, k1/k2/k3, Binary, Top-K × set rules) by μ(a) and entropy bucket, "
         "under the engine mismatch alone and after a simulated update.",
-        plots.estimator_figures,
         {"perturbation": ["mismatch", "update"]},
         seeds=2,
         analysis="estimators",
@@ -246,7 +244,6 @@ PRESETS: list[Preset] = [
         "masks",
         "False and missed masks of PPO clipping and the DPPO masks against the exact-divergence masks, "
         "by μ(a) bucket and advantage sign, with the gradient mass wrongly dropped / let through.",
-        plots.mask_figures,
         {},
         seeds=2,
         analysis="masks",
@@ -255,14 +252,12 @@ PRESETS: list[Preset] = [
         "calibration",
         "Mask-rate curves and the δ that matches PPO's mask rate at each ε, over vocabulary sizes and "
         "entropy buckets (why δ = 0.15 and δ = 0.2 are both in use).",
-        plots.calibration_figures,
         {"vocab_size": [2048, 16384, 65536]},
         analysis="calibration",
     ),
     _preset(
         "vocab-scaling",
         "Estimator error (bias, RMSE) against the vocabulary size (scaling_vocab_sizes), three seeds.",
-        plots.vocab_scaling_figures,
         {},
         seeds=3,
         analysis="vocab-scaling",

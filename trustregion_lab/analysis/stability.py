@@ -62,6 +62,7 @@ CLAIM_SEEDS = 3  # a claim is judged only when each arm it names has this many s
 NOT_JUDGED = "n/a"  # the verdict of a claim the runs are too few to judge
 NO_REGION_ARMS = ("pg_is", "cispo", "minirl")
 DPPO_ARMS = ("dppo_binary_tv", "dppo_binary_kl")
+LOW_PRECISION_ENGINE, MATCHED_ENGINE = "model-bf16", "model-fp32"  # the study's engines (train/engine.py)
 SUMMARY_COLUMNS = (
     "drifted",
     "collapsed",

@@ -19,18 +19,23 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
 from trustregion_lab.plots.common import (
     MIN_TOKENS,
     Outputs,
     bucket_axis,
     bucket_positions,
+    coinciding_note,
+    draw_lines,
     drop_axis_legend,
     facet_labels,
     filled,
     legend_below,
+    readable_log_axis,
+    style_map,
 )
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "estimator_figures",
     "mask_figures",
     "plot_calibration",
+    "plot_estimator_bias",
     "plot_estimators",
     "plot_masks",
     "plot_vocab_scaling",
@@ -75,40 +81,130 @@ def _estimator_selection(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_estimators(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figure:
-    """Bias and standard deviation of the error of each estimate by μ(a) bucket; columns TV | KL.
+    """Relative bias and standard deviation of the error of each estimate by μ(a) bucket; columns TV | KL.
 
-    Means over seeds of the per-run bias and sqrt(variance). Buckets with < MIN_TOKENS tokens are left out.
+    relative bias = bias / exact_mean: the mean error as a share of the bucket's mean exact divergence (0 =
+    unbiased in that bucket, −1 = misses all of it), on a linear axis; the standard deviation of the error
+    sqrt(variance) in the divergence's unit, on a log axis. Means over seeds. Buckets with < MIN_TOKENS tokens
+    are left out. Each estimate has its own colour, line style and marker; lines that coincide are named.
     """
     data = table[(table["stratum"] == "mu") & (table["n_tokens"] >= MIN_TOKENS)].copy()
     data["facet"] = facet_labels(data, config_columns)
     data["mu"], bucket_labels = bucket_positions(data)
     data["std"] = np.sqrt(data["variance"].astype(float))
+    data["relative_bias"] = data["bias"].astype(float) / data["exact_mean"].astype(float)
     data = _estimator_selection(data)
     facets = sorted(data["facet"].unique())
-    fig = Figure(figsize=(13, 8.5 * len(facets)))
+    fig = Figure(figsize=(14, 9 * len(facets)), layout="constrained")
     axes = fig.subplots(2 * len(facets), 2, squeeze=False)
     for f_index, facet in enumerate(facets):
         for col, (target, unit) in enumerate((("tv", "probability mass"), ("kl", "nats"))):
             sub = data[(data["facet"] == facet) & (data["target"] == target)]
-            for row, (metric, title) in enumerate(
-                (("bias", "bias"), ("std", "standard deviation of the error"))
+            order = list(dict.fromkeys(sub.sort_values(["estimator", "k"])["label"]))
+            styles = style_map(order)
+            for row, (metric, title, ylabel) in enumerate(
+                (
+                    (
+                        "relative_bias",
+                        "relative bias",
+                        f"bias / exact {target.upper()}\n(share of the exact value)",
+                    ),
+                    (
+                        "std",
+                        "standard deviation of the error",
+                        f"s.d. of the error\n({target.upper()}, {unit})",
+                    ),
+                )
             ):
                 ax = axes[2 * f_index + row, col]
-                sns.lineplot(
-                    data=sub, x="mu", y=metric, hue="label", marker="o", errorbar=None, ax=ax, sort=True
-                )
+                same = draw_lines(ax, sub, "mu", metric, "label", order, styles, dodge=0.05)
                 bucket_axis(ax, bucket_labels)
-                if metric == "bias":
-                    ax.set_yscale("symlog", linthresh=1e-4)
+                if metric == "relative_bias":
                     ax.axhline(0.0, color="black", linewidth=0.8, gid="reference")
                 else:
                     ax.set_yscale("log")
-                ax.set_ylabel(f"{title}\n({target.upper()}, {unit})")
+                    readable_log_axis(ax)
+                ax.set_ylabel(ylabel)
                 prefix = f"{facet}: " if facet else ""
-                ax.set_title(f"{prefix}{target.upper()} estimates: {title}", fontsize=10)
-                ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Single-sample and approximate divergence estimates vs the exact value, by μ(a)", y=1.0)
-    fig.tight_layout()
+                note = coinciding_note(same)
+                ax.set_title(
+                    f"{prefix}{target.upper()} estimates: {title}" + (f"\n{note}" if note else ""),
+                    fontsize=10,
+                )
+                if row == 0:  # the panel below uses the same styles
+                    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("Single-sample and approximate divergence estimates vs the exact value, by μ(a)")
+    return fig
+
+
+def plot_estimator_bias(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figure:
+    """Which estimates are unbiased: the bias of each estimate over all sampled tokens (stratum "all") as a share
+    of the mean exact divergence, bias / exact_mean, with its 95 % interval ± 1.96 · bias_se / exact_mean, one
+    point per seed; columns TV | KL, one row per value of the varying configuration (e.g. perturbation). An
+    unbiased estimate's intervals cover 0 (|r − 1|/2, k1, k3); Binary and Top-K are lower bounds (below 0).
+    """
+    data = _estimator_selection(table[table["stratum"] == "all"].copy())
+    if data.empty:
+        raise ValueError("table: expected estimator rows with stratum 'all', found none")
+    data["facet"] = facet_labels(data, config_columns)
+    scale = data["exact_mean"].astype(float)
+    data["relative_bias"] = data["bias"].astype(float) / scale
+    data["half_width"] = 1.96 * data["bias_se"].astype(float) / scale
+    facets = sorted(data["facet"].unique())
+    seeds = sorted(data["seed"].unique()) if "seed" in data.columns else [None]
+    fig = Figure(figsize=(13, 4.2 * len(facets) + 1.0), layout="constrained")
+    axes = fig.subplots(len(facets), 2, squeeze=False)
+    for row, facet in enumerate(facets):
+        for col, target in enumerate(("tv", "kl")):
+            ax = axes[row, col]
+            sub = data[(data["facet"] == facet) & (data["target"] == target)]
+            order = list(dict.fromkeys(sub.sort_values(["estimator", "k"])["label"]))
+            for i, label in enumerate(order):
+                points = sub[sub["label"] == label]
+                for j, seed in enumerate(seeds):
+                    point = points if seed is None else points[points["seed"] == seed]
+                    if point.empty:
+                        continue
+                    shift = (j - (len(seeds) - 1) / 2) * min(0.12, 0.6 / len(seeds))
+                    value, half = float(point["relative_bias"].mean()), float(point["half_width"].mean())
+                    covers = abs(value) <= half
+                    ax.errorbar(
+                        i + shift,
+                        value,
+                        yerr=half,
+                        fmt="o" if covers else "s",
+                        color="tab:green" if covers else "tab:red",
+                        markersize=5,
+                        capsize=3,
+                        linewidth=1.2,
+                    )
+            ax.axhline(0.0, color="black", linewidth=0.8, gid="reference")
+            ax.set_xticks(range(len(order)))
+            ax.set_xticklabels(order, rotation=30, ha="right", fontsize=8)
+            ax.set_xlim(-0.6, len(order) - 0.4)
+            ax.set_ylabel(f"bias / exact {target.upper()}\n(share of the exact value)")
+            prefix = f"{facet}: " if facet else ""
+            ax.set_title(f"{prefix}{target.upper()} estimates over all sampled tokens", fontsize=10)
+    handles = [
+        Line2D(
+            [],
+            [],
+            color="tab:green",
+            marker="o",
+            linestyle="",
+            label="95 % interval covers 0 (no bias found)",
+        ),
+        Line2D([], [], color="tab:red", marker="s", linestyle="", label="95 % interval excludes 0 (biased)"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
+    per_seed = f"one point per seed ({len(seeds)} seeds)" if len(seeds) > 1 else "one seed"
+    fixed = [
+        f"{c}={data[c].iloc[0]}"
+        for c in ("perturbation", "engine")
+        if c in data.columns and data[c].nunique() == 1
+    ]
+    setting = f" ({', '.join(fixed)})" if fixed else ""
+    fig.suptitle(f"Which estimates are unbiased{setting}? Bias with its 95 % interval, {per_seed}")
     return fig
 
 
@@ -147,7 +243,11 @@ def plot_masks(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figur
         labels = {mask: _mask_legend_label(sub, mask) for mask in sub["mask"].unique()}
         data = sub[(sub["stratum"] == "mu") & (sub["n_tokens"] >= MIN_TOKENS)].copy()
         data["mu"], bucket_labels = bucket_positions(data)
-        data["mask_label"] = data["mask"].map(labels)
+        data["short"] = data["mask"].str.split("[").str[0]  # the note names masks without their Top-K set
+        order = list(dict.fromkeys(data.sort_values("mask")["short"]))
+        order = [m for m in dict.fromkeys(sub["mask"].str.split("[").str[0]) if m in order]
+        styles = style_map(order)
+        legend = {m.split("[")[0]: text for m, text in labels.items()}
         reference = sorted(
             {
                 f"{r.reference}({r.ref_low:.3g}/{r.ref_high:.3g})"
@@ -164,13 +264,12 @@ def plot_masks(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figur
                 )
             ):
                 ax = axes[2 * f_index + row, col]
-                sns.lineplot(
-                    data=part, x="mu", y=metric, hue="mask_label", marker="o", errorbar=None, ax=ax, sort=True
-                )
+                same = draw_lines(ax, part, "mu", metric, "short", order, styles, dodge=0.06, labels=legend)
                 bucket_axis(ax, bucket_labels)
                 ax.set_ylabel(f"{metric.replace('_', ' ')}\n(share of the bucket's tokens)")
                 prefix = f"{facet}: " if facet else ""
-                ax.set_title(f"{prefix}{sign_text} — {what}", fontsize=10)
+                note = textwrap.fill(coinciding_note(same), 80)
+                ax.set_title(f"{prefix}{sign_text} — {what}" + (f"\n{note}" if note else ""), fontsize=9)
                 if many and row == 0 and col == 0:
                     handles, texts = ax.get_legend_handles_labels()
                     slot = axes[2 * f_index, 2]
@@ -201,11 +300,58 @@ def plot_masks(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figur
 
 
 # ----------------------------------------------------------------------------------------- calibration
+_MASK_ORDER = ("ppo", "dppo_binary_tv", "dppo_exact_tv", "dppo_binary_kl", "dppo_exact_kl")
+
+
+def _curve_lines(
+    ax, data: pd.DataFrame, x: str, y: str, by: str, order: Sequence[str], styles, configs
+) -> None:
+    """One line per (value of ``by``, configuration): colour from ``styles``, line style from the configuration
+    when several are drawn (else the value's own); means over seeds."""
+    dashes = ("-", "--", ":", "-.")
+    for name in order:
+        for c_index, config in enumerate(configs):
+            part = data[(data[by] == name) & (data["config"] == config)]
+            if part.empty:
+                continue
+            curve = part.groupby(x)[y].mean().sort_index()
+            style = styles[name]
+            label = name if len(configs) == 1 else f"{name}, {config}"
+            linestyle = style["linestyle"] if len(configs) == 1 else dashes[c_index % len(dashes)]
+            ax.plot(curve.index, curve.to_numpy(), label=label, color=style["color"], linestyle=linestyle)
+
+
+def _conventions(ax, values: Sequence[tuple[float, str]], epsilons: bool) -> None:
+    for value, text in values:
+        ax.axhline(value, color="grey", linestyle=":", linewidth=1, gid="reference")
+        ax.text(ax.get_xlim()[0], value, " " + text, fontsize=7, va="bottom", color="dimgrey")
+    if epsilons:
+        for eps in (0.2, 0.28):
+            _vline(ax, eps, f"ε = {eps:g}")
+
+
+def _vline(ax, x: float, text: str) -> None:
+    """A dashed reference line at ``x`` with its value written at the top of the axes."""
+    ax.axvline(x, color="grey", linestyle="--", linewidth=0.8, gid="reference")
+    ax.text(
+        x,
+        1.0,
+        text,
+        transform=ax.get_xaxis_transform(),
+        fontsize=7,
+        color="dimgrey",
+        ha="center",
+        va="bottom",
+    )
+
+
 def plot_calibration(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figure:
-    """(a) mask rate vs threshold; (b, c) δ matching PPO's mask rate at ε for the TV and KL masks (iso-mask
-    curves, over all tokens); (d) the exact-TV matched δ within entropy-of-μ buckets. Reference lines: ε = 0.2
-    and 0.28 (GRPO, clip-higher), δ_TV = 0.15 (verl, TRL) and 0.2 (SkyRL, prime-rl), δ_KL = 0.05.
-    Means over seeds; a varying configuration (e.g. vocab_size) is the line style.
+    """Top row, one threshold per axis: the mask rate against (a) PPO's ratio clip ε, (b) δ of the TV masks,
+    (c) δ of the KL masks; bottom row: (d, e) the δ matching PPO's mask rate at ε for the TV and KL masks
+    (iso-mask curves, over all tokens), (f) the exact-TV matched δ within entropy-of-μ buckets. Reference lines:
+    ε = 0.2 and 0.28 (GRPO, clip-higher), δ_TV = 0.15 (verl, TRL) and 0.2 (SkyRL, prime-rl), δ_KL = 0.05.
+    Means over seeds; each mask keeps its colour in every panel; a varying configuration (e.g. vocab_size) is
+    the line style.
     """
     data = table.copy()
     style_cols = [c for c in config_columns if c not in ("analysis", "seed") and c in data.columns]
@@ -215,98 +361,153 @@ def plot_calibration(table: pd.DataFrame, config_columns: Sequence[str] = ()) ->
         if varying
         else "all"
     )
-    style = "config" if varying else None
-    fig = Figure(figsize=(13, 10))
-    axes = fig.subplots(2, 2)
+    configs = sorted(data["config"].unique())
+    masks = [m for m in _MASK_ORDER if (data["mask"] == m).any()]
+    masks += sorted(set(data["mask"].dropna().unique()) - set(masks) - {""})
+    styles = style_map(masks)
+    fig = Figure(figsize=(17, 10), layout="constrained")
+    axes = fig.subplots(2, 3)
     curves = data[(data["record"] == "curve") & (data["stratum"] == "all")]
-    ax = axes[0, 0]
-    sns.lineplot(data=curves, x="threshold", y="mask_rate", hue="mask", style=style, errorbar=None, ax=ax)
-    ax.set_yscale("log")
-    ax.set_xlabel("threshold: ratio ε for ppo, δ for DPPO (TV: probability mass, KL: nats)")
-    ax.set_ylabel("mask rate (share of tokens with Â ≠ 0 dropped)")
-    ax.set_title("(a) mask rate against the threshold, all tokens", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    rate_label = "mask rate (share of tokens with Â ≠ 0 dropped)"
+    for ax, letter, family, xlabel, conventions in (
+        (axes[0, 0], "a", "ppo", "PPO ratio clip ε (dimensionless)", ()),
+        (axes[0, 1], "b", "tv", "δ of the TV masks (probability mass)", (0.15, 0.2)),
+        (axes[0, 2], "c", "kl", "δ of the KL masks (nats)", (0.05,)),
+    ):
+        names = [
+            m for m in masks if (m == "ppo") == (family == "ppo") and (family == "ppo" or m.endswith(family))
+        ]
+        part = curves[curves["mask"].isin(names)]
+        if family == "ppo":  # the ε axis starts where PPO's band has any width
+            part = part[part["threshold"] > 0]
+        _curve_lines(ax, part, "threshold", "mask_rate", "mask", names, styles, configs)
+        ax.set_yscale("log")
+        readable_log_axis(ax)
+        symbol = "ε" if family == "ppo" else "δ"
+        for value in (0.2, 0.28) if family == "ppo" else conventions:
+            _vline(ax, value, f"{symbol} = {value:g}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(rate_label)
+        what = "PPO's ratio clip" if family == "ppo" else f"the {family.upper()} masks"
+        ax.set_title(f"({letter}) mask rate of {what} against its threshold", fontsize=10, pad=14)
+        ax.legend(fontsize=8, loc="upper right")
     match = data[(data["record"] == "match") & (data["stratum"] == "all")]
-    for ax, family, unit, conventions in (
+    for ax, letter, family, unit, conventions in (
         (
-            axes[0, 1],
+            axes[1, 0],
+            "d",
             "tv",
             "probability mass",
             ((0.15, "δ = 0.15 (verl, TRL)"), (0.2, "δ = 0.2 (SkyRL, prime-rl)")),
         ),
-        (axes[1, 0], "kl", "nats", ((0.05, "δ = 0.05 (verl, TRL)"),)),
+        (axes[1, 1], "e", "kl", "nats", ((0.05, "δ = 0.05 (verl, TRL)"),)),
     ):
-        part = match[match["method"].str.endswith(family)]
-        sns.lineplot(data=part, x="epsilon", y="matched_delta", hue="mask", style=style, errorbar=None, ax=ax)
-        for value, text in conventions:
-            ax.axhline(value, color="grey", linestyle=":", linewidth=1, gid="reference")
-            ax.text(ax.get_xlim()[0], value, " " + text, fontsize=7, va="bottom", color="dimgrey")
-        for eps in (0.2, 0.28):
-            ax.axvline(eps, color="grey", linestyle="--", linewidth=0.8, gid="reference")
+        names = [m for m in masks if m != "ppo" and m.endswith(family)]
+        part = match[match["method"].isin(names)]
+        _curve_lines(ax, part, "epsilon", "matched_delta", "method", names, styles, configs)
+        _conventions(ax, conventions, epsilons=True)
         ax.set_xlabel("PPO ratio clip ε (dimensionless)")
         ax.set_ylabel(f"matched δ ({family.upper()}, {unit})")
         ax.set_title(
-            f"({'b' if family == 'tv' else 'c'}) δ with the mask rate of PPO at ε, {family.upper()} masks",
-            fontsize=10,
+            f"({letter}) δ with the mask rate of PPO at ε, {family.upper()} masks", fontsize=10, pad=14
         )
-        ax.legend(fontsize=7, loc="best")
-    ax = axes[1, 1]
+        ax.legend(fontsize=8, loc="lower right" if family == "tv" else "upper left")
+    ax = axes[1, 2]
     by_entropy = data[
         (data["record"] == "match") & (data["stratum"] == "entropy") & (data["method"] == "dppo_exact_tv")
     ]
-    sns.lineplot(
-        data=by_entropy, x="epsilon", y="matched_delta", hue="bucket", style=style, errorbar=None, ax=ax
+    buckets = (
+        list(dict.fromkeys(by_entropy.sort_values("bucket_lo")["bucket"]))
+        if "bucket_lo" in by_entropy
+        else (sorted(by_entropy["bucket"].unique()))
     )
-    for value in (0.15, 0.2):
-        ax.axhline(value, color="grey", linestyle=":", linewidth=1, gid="reference")
-        ax.text(ax.get_xlim()[0], value, f" δ = {value:g}", fontsize=7, va="bottom", color="dimgrey")
-    for eps in (0.2, 0.28):
-        ax.axvline(eps, color="grey", linestyle="--", linewidth=0.8, gid="reference")
+    _curve_lines(ax, by_entropy, "epsilon", "matched_delta", "bucket", buckets, style_map(buckets), configs)
+    _conventions(ax, ((0.15, "δ = 0.15"), (0.2, "δ = 0.2")), epsilons=True)
     ax.set_xlabel("PPO ratio clip ε (dimensionless)")
     ax.set_ylabel("matched δ for dppo_exact_tv (probability mass)")
-    ax.set_title("(d) exact-TV matched δ within entropy-of-μ buckets (nats)", fontsize=10)
-    ax.legend(fontsize=7, loc="best", title="entropy of μ (nats)", title_fontsize=7)
-    fig.suptitle("Threshold calibration: which δ masks as many tokens as a ratio clip ε?", y=1.0)
-    fig.tight_layout()
+    ax.set_title("(f) exact-TV matched δ within entropy-of-μ buckets", fontsize=10, pad=14)
+    ax.legend(fontsize=8, loc="upper left", title="entropy of μ (nats)", title_fontsize=8)
+    fig.suptitle("Threshold calibration: which δ masks as many tokens as a ratio clip ε?")
     return fig
 
 
 # ---------------------------------------------------------------------------------------- vocab scaling
 def plot_vocab_scaling(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figure:
-    """RMSE and bias of each estimate (all tokens) against the vocabulary size; columns TV | KL.
-
-    Lines are means over seeds with a ± 1 s.d. band when several seeds are stored.
+    """RMSE and relative bias (bias / exact_mean) of each estimate over all tokens against the vocabulary size;
+    columns TV | KL. Lines are means over seeds with a ± 1 s.d. band when several seeds are stored; each
+    estimate has its own colour, line style and marker, and one legend per column sits beside the panels.
     """
     data = _estimator_selection(table[table["stratum"] == "all"].copy())
-    fig = Figure(figsize=(12, 8.5))
+    data["relative_bias"] = data["bias"].astype(float) / data["exact_mean"].astype(float)
+    fig = Figure(figsize=(14, 8.5), layout="constrained")
     axes = fig.subplots(2, 2, squeeze=False)
     for col, (target, unit) in enumerate((("tv", "probability mass"), ("kl", "nats"))):
         sub = data[data["target"] == target]
-        for row, (metric, title) in enumerate((("rmse", "RMSE"), ("bias", "bias"))):
+        order = list(dict.fromkeys(sub.sort_values(["estimator", "k"])["label"]))
+        styles = style_map(order)
+        for row, (metric, title, ylabel) in enumerate(
+            (
+                ("rmse", "RMSE", f"RMSE ({target.upper()}, {unit})"),
+                (
+                    "relative_bias",
+                    "relative bias",
+                    f"bias / exact {target.upper()}\n(share of the exact value)",
+                ),
+            )
+        ):
             ax = axes[row, col]
-            sns.lineplot(data=sub, x="vocab_size", y=metric, hue="label", marker="o", errorbar="sd", ax=ax)
+            for label in order:
+                runs = sub[sub["label"] == label]
+                stats = runs.groupby("vocab_size")[metric].agg(["mean", "std", "count"])
+                style = styles[label]
+                ax.plot(
+                    stats.index,
+                    stats["mean"],
+                    label=label,
+                    color=style["color"],
+                    linestyle=style["linestyle"],
+                    marker=style["marker"],
+                    markersize=5,
+                )
+                if (stats["count"] > 1).any():
+                    ax.fill_between(
+                        stats.index,
+                        stats["mean"] - stats["std"].fillna(0.0),
+                        stats["mean"] + stats["std"].fillna(0.0),
+                        color=style["color"],
+                        alpha=0.12,
+                        linewidth=0,
+                    )
             ax.set_xscale("log", base=2)
+            sizes = sorted(sub["vocab_size"].unique())
+            ax.set_xticks(sizes, [f"{int(v):,}" for v in sizes])
+            ax.xaxis.set_minor_formatter(NullFormatter())
             if metric == "rmse":
                 ax.set_yscale("log")
+                readable_log_axis(ax)
             else:
-                ax.set_yscale("symlog", linthresh=1e-4)
                 ax.axhline(0.0, color="black", linewidth=0.8, gid="reference")
             ax.set_xlabel("vocabulary size V (tokens)")
-            ax.set_ylabel(f"{title} ({target.upper()}, {unit})")
+            ax.set_ylabel(ylabel)
             ax.set_title(f"{target.upper()} estimates: {title} vs vocabulary size", fontsize=10)
-            ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Estimator error against the vocabulary size (all sampled tokens)", y=1.0)
-    fig.tight_layout()
+            if row == 0:
+                ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    seeds = data["seed"].nunique() if "seed" in data.columns else 1
+    band = f"mean over {seeds} seeds, band ± 1 s.d." if seeds > 1 else "one seed"
+    fig.suptitle(f"Estimator error against the vocabulary size (all sampled tokens; {band})")
     return fig
 
 
 # -------------------------------------------------------------------------------------- figure functions
 def estimator_figures(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Outputs:
-    """The "estimators" preset: ``estimators_by_mu.png`` and the μ(a)-bucket rows behind it."""
+    """The "estimators" preset: ``estimators_by_mu.png`` and the μ(a)-bucket rows behind it;
+    ``estimator_bias.png`` (`plot_estimator_bias`) and its all-token rows."""
     table = filled(table)
     return {
         "estimators_by_mu.png": plot_estimators(table, config_columns),
         "estimators_by_mu.csv": filled(table[table["stratum"] == "mu"]),
+        "estimator_bias.png": plot_estimator_bias(table, config_columns),
+        "estimator_bias.csv": filled(table[table["stratum"] == "all"]),
     }
 
 

@@ -2,7 +2,7 @@
 `main` is ``python -m trustregion_lab.plots RESULTS_DIR [--figures-dir DIR]``.
 
 The preset is the one named by ``RESULTS_DIR/sweep.json`` (or by the table's ``preset`` column); its figure
-function (``Preset.figures``, see ``trustregion_lab.experiment``) returns ``{file name: Figure or DataFrame}``,
+function (``PRESET_FIGURES[preset]``, `trustregion_lab.plots.registry`) returns ``{file name: Figure or DataFrame}``,
 written into ``RESULTS_DIR/figures`` or ``--figures-dir``: PNG figures, each with a CSV of the rows it is drawn
 from. Bad results folders exit with code 2 and a one-line message.
 """
@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from trustregion_lab.plots.common import Outputs, save_output
+from trustregion_lab.plots.registry import PRESET_FIGURES
 
 __all__ = ["ResultsError", "draw_figures", "main"]
 
@@ -58,6 +59,15 @@ def _preset_name(manifest: dict[str, Any] | None, table: pd.DataFrame, table_pat
     return str(names[0])
 
 
+def _run_constants(table: pd.DataFrame) -> list[str]:
+    """Without a manifest: the columns constant within every run (``run_id``), i.e. the configuration; [] when
+    the table names no runs."""
+    if "run_id" not in table.columns or table.empty:
+        return []
+    counts = table.groupby("run_id", dropna=False).nunique(dropna=False).max()
+    return [column for column in table.columns if column != "run_id" and counts.get(column, 2) <= 1]
+
+
 def draw_figures(
     results_dir: str | os.PathLike,
     figures_dir: str | os.PathLike | None = None,
@@ -67,9 +77,10 @@ def draw_figures(
     """Draw the figures of a finished sweep; returns the paths of the PNGs written (the CSVs go beside them).
 
     results_dir: a sweep folder holding ``table.csv`` (and ``sweep.json``); figures_dir: where the files go
-    (default ``results_dir/figures``); figures: the figure function to call (default: the ``figures`` of the
+    (default ``results_dir/figures``); figures: the figure function to call (default: ``PRESET_FIGURES`` of the
     preset named by ``sweep.json`` or by the table's ``preset`` column). The configuration columns passed to it
-    are the preset's parameters (``sweep.json``'s ``defaults``, else the preset's) present in the table.
+    are the preset's parameters (``sweep.json``'s ``defaults``) present in the table; without ``sweep.json`` the
+    columns constant within each run (``run_id``), none when the table has no ``run_id``.
     """
     results_dir = Path(results_dir)
     table_path = results_dir / "table.csv"
@@ -83,20 +94,14 @@ def draw_figures(
     manifest = _read_manifest(results_dir)
     table = pd.read_csv(table_path, keep_default_na=False, na_values=["", "nan", "NaN"])
     stored = manifest.get("defaults") if manifest is not None else None
-    parameters: list[str] = list(stored) if isinstance(stored, dict) else []
+    parameters: list[str] = list(stored) if isinstance(stored, dict) else _run_constants(table)
     if figures is None:
-        from trustregion_lab.sweep.plan import available_presets  # the registry of named presets
-
         name = _preset_name(manifest, table, table_path)
-        presets = available_presets()
-        if name not in presets:
+        if name not in PRESET_FIGURES:
             raise ResultsError(
                 f"{results_dir} holds results of preset {name!r}, which is not a preset of this code"
             )
-        figures = presets[name].figures
-        parameters = parameters or list(presets[name].defaults)
-        if figures is None:
-            return []
+        figures = PRESET_FIGURES[name]
     outputs = figures(table, [name for name in parameters if name in table.columns])
     written: list[Path] = []
     for file_name, output in outputs.items():

@@ -1,11 +1,10 @@
 """Figures of the training presets, drawn from per-step training tables (one row per run × step).
 
 - `plot_training` / `training_figures`: ``training_curves.png``, reward, exact TV(μ, π) and the masked share
-  over training steps (mean and a band over seeds, one hue per variant), and ``training_summary.csv``
+  over training steps, one row of small panels per variant (mean, and a band over seeds when there are
+  several), and ``training_summary.csv``
   (`training_summary`: early/final reward and mean divergences per configuration × variant).
-- `plot_stability` / `stability_figures`: ``stability_curves.png``, the stability study's layout (reward,
-  mean |π − μ| and max (π − μ) over steps, one row per rollout engine; docs/design.md §7). The study's
-  per-run verdicts are computed by the analysis code and are not drawn here.
+The stability study's figures are in `trustregion_lab.plots.stability`.
 """
 
 from __future__ import annotations
@@ -14,19 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from trustregion_lab.plots.common import Outputs, drop_axis_legend, facet_labels, set_by_variant
+from trustregion_lab.plots.common import Outputs, facet_labels, readable_log_axis, set_by_variant, style_map
 
-__all__ = [
-    "STABILITY_WINDOW",
-    "plot_stability",
-    "plot_training",
-    "stability_figures",
-    "training_figures",
-    "training_summary",
-]
+__all__ = ["plot_training", "training_figures", "training_summary"]
 
 # ------------------------------------------------------------------------------------------- training
 _TRAINING_PANELS = (
@@ -37,43 +29,73 @@ _TRAINING_PANELS = (
 
 
 def plot_training(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figure:
-    """Reward, exact TV(μ, π) and the masked share over steps, one hue per variant, one column per value of the
-    varying configuration columns (e.g. engine: mismatch on or off).
+    """Small multiples: one row per variant, one column per quantity (reward, exact TV(μ, π), masked share),
+    one colour, line style and marker per value of the varying configuration columns (e.g. engine: mismatch
+    on or off), the y axes shared down each column so that the variants compare at a glance.
 
     Each seed's curve is first smoothed by a rolling mean over W steps (W = steps/16, at least 1); the line is the
-    mean over seeds and the band the range (min to max) over seeds — a band that stays positive, so it can be
-    drawn on the log axis that exact TV needs.
+    mean over seeds, and with several seeds a band shows their range (min to max) — a band that stays
+    positive, so it can be drawn on the log axis that exact TV needs. With one seed no band is drawn.
     """
     data = table.copy()
     data["facet"] = facet_labels(data, config_columns, exclude=set_by_variant(data, config_columns))
+    data["facet"] = data["facet"].where(data["facet"] != "", "all runs")
     facets = sorted(data["facet"].unique())
+    variants = sorted(data["variant"].unique())
     panels = [p for p in _TRAINING_PANELS if p[0] in data.columns]
     window = max(1, round(data["step"].nunique() / 16))
     keys = [c for c in ("facet", "variant", "seed") if c in data.columns]
     data = data.sort_values([*keys, "step"])
     for metric, _, _ in panels:
         data[metric] = data.groupby(keys)[metric].transform(lambda v: v.rolling(window, min_periods=1).mean())
-    fig = Figure(figsize=(5.5 * len(facets) + 1, 4.2 * len(panels)))
-    axes = fig.subplots(len(panels), len(facets), squeeze=False)
-    for col, facet in enumerate(facets):
-        sub = data[data["facet"] == facet]
-        for row, (metric, label, log_scale) in enumerate(panels):
+    seeds = data["seed"].nunique() if "seed" in data.columns else 1
+    styles = style_map(facets)
+    fig = Figure(figsize=(4.6 * len(panels) + 0.5, 2.1 * len(variants) + 1.4), layout="constrained")
+    axes = fig.subplots(len(variants), len(panels), squeeze=False, sharex=True, sharey="col")
+    for col, (metric, label, log_scale) in enumerate(panels):
+        positive = data[metric][data[metric] > 0]
+        use_log = log_scale and len(positive) and positive.max() / max(positive.min(), 1e-300) > 100
+        for row, variant in enumerate(variants):
             ax = axes[row, col]
-            sns.lineplot(data=sub, x="step", y=metric, hue="variant", errorbar=("pi", 100), ax=ax)
-            if log_scale:
-                positive = sub[metric][sub[metric] > 0]
-                if len(positive) and positive.max() / max(positive.min(), 1e-300) > 100:
-                    ax.set_yscale("log")
-            ax.set_xlabel("training step (policy updates)")
-            ax.set_ylabel(label)
-            ax.set_title(facet or "all runs", fontsize=10)
-            if row == 0 and col == 0:
-                ax.legend(fontsize=7, loc="best")
-            else:
-                drop_axis_legend(ax)
+            sub = data[data["variant"] == variant]
+            for facet in facets:
+                runs = sub[sub["facet"] == facet]
+                if runs.empty:
+                    continue
+                curve = runs.groupby("step")[metric].agg(["mean", "min", "max"])
+                style = styles[facet]
+                every = max(1, len(curve) // 6)
+                ax.plot(
+                    curve.index,
+                    curve["mean"],
+                    label=facet,
+                    color=style["color"],
+                    linestyle=style["linestyle"],
+                    marker=style["marker"],
+                    markevery=(facets.index(facet) * every // len(facets), every),
+                    markersize=4,
+                    linewidth=1.3,
+                )
+                if seeds > 1:
+                    ax.fill_between(
+                        curve.index, curve["min"], curve["max"], color=style["color"], alpha=0.15, linewidth=0
+                    )
+            if use_log:
+                ax.set_yscale("log")
+            if row == 0:
+                ax.set_title(label, fontsize=10)
+            if col == 0:
+                ax.set_ylabel(variant, fontsize=10)
+            if row == len(variants) - 1:
+                ax.set_xlabel("training step (policy updates)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if use_log:
+            readable_log_axis(axes[0, col])
+    handles, texts = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="outside lower center", ncol=len(facets), frameon=False)
+    band = f"line: mean over {seeds} seeds, band: range over seeds" if seeds > 1 else "one seed"
     smoothing = f", rolling mean over {window} steps" if window > 1 else ""
-    fig.suptitle(f"Training curves: mean over seeds (line) and range over seeds (band){smoothing}", y=1.0)
-    fig.tight_layout()
+    fig.suptitle(f"Training curves, one row per variant ({band}{smoothing})")
     return fig
 
 
@@ -108,79 +130,3 @@ def training_summary(table: pd.DataFrame, config_columns: Sequence[str] = ()) ->
             out[f"{metric}_mean"] = table.groupby(keys)[metric].mean()
     out["tv_exact_max"] = table.groupby(keys)["tv_exact"].max()
     return out.reset_index()
-
-
-# ------------------------------------------------------------------------------------------- stability
-STABILITY_WINDOW = 10  # steps; the window of the study's "10-step" mean and median (docs/design.md §7)
-_STABILITY_COLUMNS = ("engine", "variant", "seed", "step", "reward", "mismatch_mean", "mismatch_max")
-_STABILITY_PANELS = (  # column, smoothing of each seed's curve, y label, log y axis when all values are > 0
-    ("reward", "mean", "training reward (10-step rolling mean)", False),
-    ("mismatch_mean", "median", "mean |π(a) − μ(a)| (probability, 10-step median)", True),
-    ("mismatch_max", "median", "max (π(a) − μ(a)) (probability, 10-step median)", False),
-)
-
-
-def plot_stability(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Figure:
-    """Reward, mean |π − μ| and max (π − μ) over training steps (columns), one row per engine (and per value
-    of the other varying configuration columns), one hue per variant.
-
-    Each seed's curve is smoothed over W = STABILITY_WINDOW steps: reward by the rolling mean
-    r̃_t = mean(r_{t−W+1..t}), ``mismatch_mean`` and ``mismatch_max`` by the rolling median (the study's
-    definitions, docs/design.md §7); the line is the mean over seeds and the band the range (min to max) over
-    seeds. The mean-mismatch axis is logarithmic when every value drawn on it is positive.
-    table: a training table with the columns engine, variant, seed, step, reward, mismatch_mean and
-    mismatch_max (one row per run × step).
-    """
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"table: expected a pandas DataFrame, got {type(table).__name__}")
-    missing = [c for c in _STABILITY_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"table: expected a training table with the columns {list(_STABILITY_COLUMNS)}, it lacks {missing}"
-        )
-    if table.empty:
-        raise ValueError("table: expected at least one row (one row per run × step), got an empty table")
-    data = table.copy()
-    exclude = ["engine", *set_by_variant(data, config_columns)]
-    others = facet_labels(data, config_columns, exclude=exclude)
-    engine = "engine=" + data["engine"].astype(str)
-    data["facet"] = engine.where(others == "", engine + ", " + others)
-    keys = ["facet", "variant", "seed"]
-    data = data.sort_values([*keys, "step"])
-    for metric, how, _, _ in _STABILITY_PANELS:
-        data[metric] = data.groupby(keys)[metric].transform(
-            lambda v, how=how: getattr(v.rolling(STABILITY_WINDOW, min_periods=1), how)()
-        )
-    facets = sorted(data["facet"].unique())
-    variants = sorted(data["variant"].unique())
-    fig = Figure(figsize=(5.2 * len(_STABILITY_PANELS), 3.8 * len(facets) + 0.8))
-    axes = fig.subplots(len(facets), len(_STABILITY_PANELS), squeeze=False)
-    for row, facet in enumerate(facets):
-        sub = data[data["facet"] == facet]
-        for col, (metric, _, label, log_scale) in enumerate(_STABILITY_PANELS):
-            ax = axes[row, col]
-            sns.lineplot(
-                data=sub, x="step", y=metric, hue="variant", hue_order=variants, errorbar=("pi", 100), ax=ax
-            )
-            values = sub[metric].dropna()
-            if log_scale and len(values) and (values > 0).all():
-                ax.set_yscale("log")
-            ax.set_title(facet, fontsize=10)
-            ax.set_xlabel("training step (policy updates)")
-            ax.set_ylabel(label)
-            if (row, col) == (0, 0):
-                ax.legend(fontsize=7, loc="best")
-            else:
-                drop_axis_legend(ax)
-    fig.suptitle(
-        "Stability: mean over seeds (line) and range over seeds (band), each seed smoothed over "
-        f"{STABILITY_WINDOW} steps",
-        y=1.0,
-    )
-    fig.tight_layout()
-    return fig
-
-
-def stability_figures(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Outputs:
-    """The stability study's curves: ``stability_curves.png`` (`plot_stability`)."""
-    return {"stability_curves.png": plot_stability(table, config_columns)}

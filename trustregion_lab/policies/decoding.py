@@ -66,15 +66,15 @@ from trustregion_lab.policies.quantize import fp8_quantize, int4_dequantize, int
 from trustregion_lab.policies.transformer import DecoderTransformer, TransformerConfig
 
 __all__ = [
+    "DECODE_PRECISIONS",
     "MATMUL_MODES",
-    "PRECISIONS",
     "KVCacheDecoder",
     "decode_answers",
     "log_softmax_in",
     "precision_dtype",
 ]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+DECODE_PRECISIONS = ("fp32", "bf16", "fp16")
 MATMUL_MODES = ("auto", "native", "fp32-accumulate")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LN_EPS = 1e-5  # nn.LayerNorm's default, used by DecoderTransformer
@@ -90,7 +90,7 @@ _BLOCK_LINEARS = (("qkv", "qkv"), ("out", "attn_out"), ("ff_in", "ff_in"), ("ff_
 
 def precision_dtype(precision: str) -> torch.dtype:
     """The torch dtype of ``precision``: fp32 -> float32, bf16 -> bfloat16, fp16 -> float16."""
-    return _DTYPES[check_choice("precision", precision, PRECISIONS)]
+    return _DTYPES[check_choice("precision", precision, DECODE_PRECISIONS)]
 
 
 def log_softmax_in(logits: torch.Tensor, precision: str) -> torch.Tensor:
@@ -156,7 +156,7 @@ class KVCacheDecoder:
         precision, self.quant = _split_quantized(precision)
         if not isinstance(model, DecoderTransformer):
             raise TypeError(f"model must be a DecoderTransformer, got {type(model).__name__}")
-        self.precision = check_choice("precision", precision, PRECISIONS)
+        self.precision = check_choice("precision", precision, DECODE_PRECISIONS)
         self.matmul = check_choice("matmul", matmul, MATMUL_MODES)
         self.dtype = _DTYPES[self.precision]
         self.config: TransformerConfig = model.config

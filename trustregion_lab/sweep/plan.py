@@ -9,6 +9,7 @@ always get the same id, which is what resume keys on.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -18,6 +19,7 @@ from typing import Any
 
 from trustregion_lab.analysis.presets import PRESETS as ANALYSIS_PRESETS
 from trustregion_lab.experiment import Preset
+from trustregion_lab.plots.registry import PRESET_FIGURES
 from trustregion_lab.train.presets import PRESETS as TRAINING_PRESETS
 
 __all__ = [
@@ -42,12 +44,13 @@ class SweepConfigError(ValueError):
 
 
 def available_presets() -> dict[str, Preset]:
-    """All presets by name: the analysis presets, then the training presets."""
+    """All presets by name: the analysis presets, then the training presets, each with its figure function from
+    the figure registry (``trustregion_lab.plots.PRESET_FIGURES``; a preset absent from it draws none)."""
     by_name: dict[str, Preset] = {}
     for preset in [*ANALYSIS_PRESETS, *TRAINING_PRESETS]:
         if preset.name in by_name:
             raise RuntimeError(f"two presets are named {preset.name!r}")
-        by_name[preset.name] = preset
+        by_name[preset.name] = dataclasses.replace(preset, figures=PRESET_FIGURES.get(preset.name))
     return by_name
 
 

@@ -11,7 +11,9 @@ pass per batch the ratio is 1 and nothing separates the variants; docs/design.md
 
 The parameters are the fields of the trainer's config dataclass (grid key ``variant`` names the variant);
 ``low``, ``high`` and ``ratio_cap`` < 0 mean "the variant's own". A configuration is validated by building that
-dataclass; the figures are `trustregion_lab.plots.training_figures`.
+dataclass; the figure function of each preset is ``trustregion_lab.plots.PRESET_FIGURES[name]`` (attached by the
+sweep: `trustregion_lab.plots.training_figures` for the training presets, the ``stability*`` functions of
+`trustregion_lab.plots.stability` for the study's).
 
 Run with ``python -m trustregion_lab.sweep --preset bandit-train`` (or ``sequence-train``).
 """
@@ -24,7 +26,6 @@ from typing import Any
 
 import pandas as pd
 
-from trustregion_lab import plots
 from trustregion_lab.experiment import Preset
 from trustregion_lab.train import stability
 from trustregion_lab.train.config import BanditConfig, SequenceConfig, TrainConfig
@@ -115,8 +116,13 @@ def _search_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_search_preset(config: dict[str, Any], seed: int) -> pd.DataFrame:
-    """One cell of the stability search: the study's setting with the cell's single-knob change."""
-    table = run_sequence_preset(_search_config(config), seed)
+    """One cell of the stability search: the study's setting with the cell's single-knob change. The rows carry
+    the values the run used (e.g. ``lr`` of the ``lr x3`` cell), so the figures read the change from the table."""
+    effective = _search_config(config)
+    table = run_sequence_preset(effective, seed)
+    for key, value in effective.items():
+        if key not in table.columns:
+            table[key] = value
     table["search_cell"] = config["search_cell"]
     return table
 
@@ -145,7 +151,6 @@ def _preset(
     *,
     grid: dict[str, list[Any]] | None = None,
     seeds: int = 3,
-    figures: Callable[..., dict] = plots.training_figures,
 ) -> Preset:
     return Preset(
         name=name,
@@ -155,7 +160,6 @@ def _preset(
         grid=grid or {"variant": list(COMPARED_VARIANTS), "engine": ["none", "moe"]},
         seeds=seeds,
         validate=validate,
-        figures=figures,
     )
 
 
@@ -188,7 +192,6 @@ PRESETS: list[Preset] = [
             validate_sequence_preset,
             grid=study.grid,
             seeds=study.seeds,
-            figures=study.figures,
         )
         for study in stability.STUDIES
     ),
@@ -205,6 +208,5 @@ PRESETS: list[Preset] = [
         },
         seeds=1,
         validate=validate_search_preset,
-        figures=stability.search_figures,
     ),
 ]

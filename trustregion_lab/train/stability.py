@@ -40,16 +40,12 @@ D. long answers (``stability-long``), added after B and C found no effect, fixed
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
+from trustregion_lab.analysis.stability import DPPO_ARMS, LOW_PRECISION_ENGINE, MATCHED_ENGINE, NO_REGION_ARMS
 
-from trustregion_lab import plots
-from trustregion_lab.analysis.stability import DPPO_ARMS, NO_REGION_ARMS, stability_summary, stability_verdict
-
-__all__ = ["STABILITY_ARMS", "STABILITY_SETTINGS", "STUDIES", "Study", "search_figures", "stability_figures"]
+__all__ = ["SEARCH_CELLS", "STABILITY_ARMS", "STABILITY_SETTINGS", "STUDIES", "Study"]
 
 STABILITY_ARMS = (
     "pg_is",
@@ -60,7 +56,7 @@ STABILITY_ARMS = (
     "dppo_binary_tv",
     "dppo_binary_kl",
 )
-LOW_PRECISION, MATCHED = "model-bf16", "model-fp32"
+LOW_PRECISION, MATCHED = LOW_PRECISION_ENGINE, MATCHED_ENGINE  # the study's two rollout engines
 STABILITY_SETTINGS: dict[str, Any] = {
     "task": "sort",
     "max_length": 12,
@@ -93,55 +89,16 @@ SEARCH_CELLS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def stability_figures(table: pd.DataFrame, config_columns: list[str]) -> dict[str, Any]:
-    """stability_curves.png (the paper's Fig. 3 layout), stability_summary.csv (one row per run) and
-    stability_verdict.csv (per arm and engine: seeds that drifted, collapsed, stayed stable; the claims)."""
-    summary = stability_summary(table)
-    return {
-        **plots.stability_figures(table, config_columns),
-        "stability_summary.csv": summary,
-        "stability_verdict.csv": stability_verdict(summary, LOW_PRECISION, MATCHED),
-    }
-
-
-def search_figures(table: pd.DataFrame, config_columns: list[str]) -> dict[str, Any]:
-    """search.csv: every cell's runs with the knobs that vary, and the curves per cell."""
-    summary = stability_summary(table, keys=("search_cell", "variant", "engine", "seed"))
-    changes = {label: ", ".join(f"{k}={v}" for k, v in cell.items()) or "-" for label, cell in SEARCH_CELLS}
-    summary.insert(1, "changed", summary["search_cell"].map(changes))
-    return {**plots.stability_figures(table, ["search_cell"]), "search.csv": summary}
-
-
-def calibration_figures(table: pd.DataFrame, config_columns: list[str]) -> dict[str, Any]:
-    """calibration.csv: per setting, the share of steps whose 10-step mean reward lies in [0.2, 0.8]."""
-    keys = [c for c in ("task", "lr", "seed") if c in table.columns]
-    rows = []
-    for key, run in table.sort_values([*keys, "step"]).groupby(keys):
-        smooth = run["reward"].rolling(10, min_periods=1).mean()
-        rows.append(
-            {
-                **dict(zip(keys, key)),
-                "intermediate_share": float(smooth.between(0.2, 0.8).mean()),
-                "reward_first10": float(run["reward"].head(10).mean()),
-                "reward_last10": float(run["reward"].tail(10).mean()),
-                "entropy_last10": float(run["entropy"].tail(10).mean()),
-                "mismatch_mean_first10": float(run["mismatch_mean"].head(10).mean()),
-                "steps": len(run),
-            }
-        )
-    return {**plots.training_figures(table, config_columns), "calibration.csv": pd.DataFrame(rows)}
-
-
 @dataclass(frozen=True)
 class Study:
-    """One preset of the study: name, help, settings over SequenceConfig's defaults, grid, seeds, figures."""
+    """One preset of the study: name, help, settings over SequenceConfig's defaults, grid, seeds (its figures:
+    ``trustregion_lab.plots.PRESET_FIGURES[name]``)."""
 
     name: str
     help: str
     settings: dict[str, Any]
     grid: dict[str, list[Any]]
     seeds: int
-    figures: Callable[[pd.DataFrame, list[str]], dict[str, Any]] = field(default=stability_figures)
 
 
 STUDIES: tuple[Study, ...] = (
@@ -182,6 +139,5 @@ STUDIES: tuple[Study, ...] = (
         {**STABILITY_SETTINGS, "variant": "ppo", "engine": MATCHED, "steps": 200},
         {"task": ["reverse", "sort"], "lr": [1e-5, 3e-5, 1e-4]},
         1,
-        calibration_figures,
     ),
 )
