@@ -26,15 +26,14 @@
 # - **the region never binds**: one optimiser step per rollout batch with an exact engine — every ratio is
 #   exactly 1 and no mask can fire, so all methods are the same algorithm.
 #
-# If a stored sweep exists (the README's `python -m trustregion_lab.sweep --preset bandit-train --seeds 3 --out
-# results/bandit-train-3seeds` writes `results/bandit-train-3seeds/table.csv`; without `--out` the folder is
-# `results/bandit-train`), the notebook loads it and says so; otherwise it says that it trains a small run itself.
-#
-# **Run time and sizes.** At its default size (3 variants, 1 seed, 6 steps of a 300-token bandit) the notebook runs
-# top to bottom in about 25 s on 2 CPU cores. Set `FULL = True` in the first code cell for the preset's
-# settings (6 variants, 2 seeds, 80 steps; a few minutes). The control in section 2 reads a small stored table
-# (`notebooks/data/bandit_lr.csv`) and needs ipywidgets (in the `[notebook]` extra); without a browser the
-# notebook shows its default setting. The one-pass facts of section 3 hold exactly at any size.
+# **Run time and sizes.** At its default size (3 variants, 1 seed, 6 steps of a 300-token bandit, trained here) the
+# notebook runs top to bottom in about 25 s on 2 CPU cores. Set `FULL = True` in the first code cell for
+# the preset's settings (6 variants, 2 seeds, 80 steps): the notebook then loads a stored sweep if one exists (the
+# README's `python -m trustregion_lab.sweep --preset bandit-train --seeds 3 --out results/bandit-train-3seeds`
+# writes `results/bandit-train-3seeds/table.csv`; without `--out` the folder is `results/bandit-train`), and
+# otherwise trains the preset's runs itself (a few minutes); it prints which. The control in section 2 reads a
+# small stored table (`notebooks/data/bandit_lr.csv`) and needs ipywidgets (in the `[notebook]` extra); without a
+# browser the notebook shows its default setting. The one-pass facts of section 3 hold exactly at any size.
 
 # %%
 from pathlib import Path

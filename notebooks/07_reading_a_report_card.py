@@ -12,7 +12,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # 07 — Reading a report card
 #
@@ -24,7 +23,7 @@
 # number comes from, and what a user would change in their run because of it.
 #
 # **Run time and sizes.** At its default size (6 steps × 2 ranks × 8 sequences of 32–256 tokens) the notebook
-# runs top to bottom in about 30 s on 2 CPU cores. Set `FULL = True` in the first code cell for the
+# runs top to bottom in about 25 s on 2 CPU cores. Set `FULL = True` in the first code cell for the
 # README's export (12 steps × 2 ranks × 24 sequences of 32–600 tokens, the one behind `figures/report/`; about a
 # minute). The export and the report go to a temporary folder.
 
