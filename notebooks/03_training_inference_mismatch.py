@@ -25,7 +25,7 @@
 # - the exact TV(μ, π) and KL(μ‖π) of the states (what a trust region should bound).
 #
 # **Run time and sizes.** At its default size (V = 4,096, 512 states) the notebook runs top to bottom in about
-# 20 s on 2 CPU cores. Set `FULL = True` in the first code cell for the real sizes (V = 32,768, 1,024
+# 25 s on 2 CPU cores. Set `FULL = True` in the first code cell for the real sizes (V = 32,768, 1,024
 # states; a few minutes). The control in section 2 needs ipywidgets (in the `[notebook]` extra); without a
 # browser the notebook shows its default setting.
 

@@ -26,7 +26,7 @@
 # (`trustregion_lab.masks`) on LLM-like token batches.
 #
 # **Run time and sizes.** At its default size (V = 2,048, 96 states) the notebook runs top to bottom in about
-# 20 s on 2 CPU cores. Set `FULL = True` in the first code cell for the real sizes (V = 32,768, 512 states,
+# 25 s on 2 CPU cores. Set `FULL = True` in the first code cell for the real sizes (V = 32,768, 512 states,
 # five step sizes; a few minutes). The control in section 2 needs ipywidgets (in the `[notebook]` extra); without
 # a browser the notebook shows its default setting.
 
