@@ -25,29 +25,29 @@
 #    likely tokens under-constrained (the paper's introduction and §4.2, arXiv 2602.04879);
 # 3. on a batch of LLM-like states, ratio clipping and an exact-TV mask drop *different* tokens.
 #
-# **Sizes.** The defaults below are the real sizes (a vocabulary of 32,768, a few hundred states; about a minute
-# on 2 CPU cores). Set the environment variable `TRUSTREGION_LAB_QUICK=1` before starting Jupyter (the test-suite
-# does) to shrink every size so the notebook runs in a few seconds; the conclusions hold at both sizes.
+# **Run time and sizes.** At its default size (a vocabulary of 2,048, 48 states) the notebook runs top to bottom
+# in about 20 s on 2 CPU cores. Set `FULL = True` in the first code cell for the real sizes (a vocabulary of
+# 32,768, 384 states; about a minute); the conclusions hold at both sizes. The sliders in section 3 need
+# ipywidgets (in the `[notebook]` extra); without a browser the notebook shows their default setting.
 
 # %%
-import os
-
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy.special import log_softmax
 
-from trustregion_lab import analysis, divergence, losses, masks
+from trustregion_lab import analysis, divergence, exercises, explore, losses, masks
 from trustregion_lab.envs.logit_model import llm_like_logits
 
-QUICK = os.environ.get("TRUSTREGION_LAB_QUICK", "0") == "1"
-VOCAB = 2_048 if QUICK else 32_768
-NUM_STATES = 48 if QUICK else 384
-SAMPLES_PER_STATE = 4 if QUICK else 8
-MC_SAMPLES = 4_000 if QUICK else 100_000  # draws per state for the Monte-Carlo check
+FULL = False  # True: the real sizes (about a minute on 2 cores)
+VOCAB = 32_768 if FULL else 2_048
+NUM_STATES = 384 if FULL else 48
+SAMPLES_PER_STATE = 8 if FULL else 4
+MC_SAMPLES = 100_000 if FULL else 4_000  # draws per state for the Monte-Carlo check
 SEED = 0
 pd.set_option("display.precision", 4)
-print(f"QUICK={QUICK}: vocabulary {VOCAB:,}, {NUM_STATES} states")
+print(f"FULL={FULL}: vocabulary {VOCAB:,}, {NUM_STATES} states")
 
 # %% [markdown]
 # ## 1. The derivation
@@ -232,6 +232,76 @@ print(
 )
 
 # %% [markdown]
+# ### Try it: move one token across the regions
+#
+# Pick μ(a) and π(a) with the sliders (both on a log scale) and the sign of Â. The shaded band is what PPO's
+# ratio clip allows around μ(a); the dashed lines are Binary TV's edges μ ± δ, the dotted ones Binary KL's
+# (KL_bin(μ, π) = δ_KL = 0.05). A token with Â > 0 is dropped above a rule's upper edge (the update would push it
+# further up), one with Â < 0 below its lower edge. The star is your token; the box says which rules drop it and
+# why (`trustregion_lab.explore.token_verdict`, which asks `masks.trust_region_mask`).
+
+# %%
+MU_GRID = np.geomspace(1e-4, 0.999, 300)
+
+
+def show_token(
+    mu: float = 0.3, pi: float = 0.42, advantage: float = 1.0, eps: float = 0.2, delta: float = 0.15
+):
+    verdict = explore.token_verdict(mu, pi, advantage, eps, delta, 0.05)
+    reg = explore.token_regions(MU_GRID, eps, delta, 0.05)
+    _, ax = plt.subplots(figsize=(7.5, 5.2), constrained_layout=True)
+    ax.fill_between(
+        reg["mu"],
+        reg["ppo_low"],
+        reg["ppo_high"],
+        color="tab:orange",
+        alpha=0.3,
+        label=f"PPO keeps (ε = {eps:g})",
+    )
+    ax.plot(reg["mu"], reg["tv_high"], "b--", lw=1.2, label=f"Binary TV edges (δ = {delta:g})")
+    ax.plot(reg["mu"], reg["tv_low"].where(reg["tv_low"] > 0), "b--", lw=1.2)
+    ax.plot(reg["mu"], reg["kl_high"], "g:", lw=1.5, label="Binary KL edges (δ = 0.05)")
+    ax.plot(reg["mu"], reg["kl_low"].where(reg["kl_low"] > 1e-6), "g:", lw=1.5)
+    ax.plot(MU_GRID, MU_GRID, color="0.5", lw=0.6, label="π = μ")
+    dropped = [label for label in ("PPO ratio clip", "Binary TV", "Binary KL") if verdict[label] != "kept"]
+    ax.scatter(
+        [mu], [pi], marker="*", s=260, zorder=5, color="tab:red" if dropped else "tab:green", edgecolor="k"
+    )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlim=(1e-4, 1),
+        ylim=(1e-6, 1.5),
+        xlabel="μ(a)  (rollout engine)",
+        ylabel="π(a)  (trainer)",
+    )
+    lines = [
+        f"r = {verdict['ratio']:.3g},  |π − μ| = {verdict['binary_tv']:.3g},  KL_bin = {verdict['binary_kl']:.3g}"
+    ]
+    lines += [f"{label}: {verdict[label]}" for label in ("PPO ratio clip", "Binary TV", "Binary KL")]
+    ax.set_title("\n".join(lines), fontsize=8, loc="left")
+    ax.legend(loc="lower right", fontsize=8)
+    plt.show()
+    return verdict
+
+
+token_panel = explore.controls(
+    show_token,
+    mu=widgets.FloatLogSlider(value=0.3, base=10, min=-4, max=-0.001, step=0.02, description="μ(a)"),
+    pi=widgets.FloatLogSlider(value=0.42, base=10, min=-4, max=-0.001, step=0.02, description="π(a)"),
+    advantage=widgets.ToggleButtons(options=[("Â > 0", 1.0), ("Â < 0", -1.0)], description="advantage"),
+    eps=widgets.FloatSlider(value=0.2, min=0.05, max=0.4, step=0.01, description="PPO ε"),
+    delta=widgets.FloatSlider(value=0.15, min=0.05, max=0.3, step=0.01, description="TV δ"),
+)
+token_panel
+
+# %%
+# the panel's first answer (what a notebook run without a browser shows): μ = 0.3 → π = 0.42 with Â > 0
+first = token_panel.result
+print({k: first[k] for k in ("ratio", "binary_tv", "PPO ratio clip", "Binary TV", "Binary KL")})
+assert first["PPO ratio clip"].startswith("dropped") and first["Binary TV"] == first["Binary KL"] == "kept"
+
+# %% [markdown]
 # ## 4. Which tokens does each rule drop?
 #
 # Now a whole batch: `analysis.make_token_batch` draws LLM-like states, a bf16-like rollout engine μ, several
@@ -348,6 +418,36 @@ assert (
 # ratio leaves [0.8, 1.2] after tiny moves) and too loose for likely ones (a 0.19 drop of a 0.99 token is
 # inside it). A divergence mask measures the move itself.
 #
+# ## Write it yourself (self-checked)
+#
+# Implement the three rules of this notebook in plain numpy and let `check` compare them with the package on
+# random and extreme tokens. Inputs are float64 arrays of N tokens: `mu` = μ(a), `pi` = π(a) (probabilities, not
+# log-probs), `adv` = Â; return the Binary TV `[N]`, or a bool keep-mask `[N]` (True = the token keeps its
+# gradient). `exercises.check` prints "passed" or the first failing case with a hint. The stubs below fail on purpose;
+# the solutions are in a collapsed cell at the very end of the notebook.
+
+
+# %%
+def my_binary_tv(mu, pi):
+    """|π(a) − μ(a)|, the paper's Eq. 13."""
+    return np.zeros_like(mu)  # ← your code
+
+
+def my_ppo_mask(mu, pi, adv, eps):
+    """keep unless (Â > 0 and r > 1 + ε) or (Â < 0 and r < 1 − ε), r = π(a)/μ(a)."""
+    return np.ones(mu.shape, dtype=bool)  # ← your code
+
+
+def my_dppo_tv_mask(mu, pi, adv, delta):
+    """keep unless (Â > 0 and π(a) − μ(a) > δ) or (Â < 0 and μ(a) − π(a) > δ)."""
+    return np.ones(mu.shape, dtype=bool)  # ← your code
+
+
+exercises.check("binary_tv", my_binary_tv)
+exercises.check("ppo_mask", my_ppo_mask)
+exercises.check("dppo_tv_mask", my_dppo_tv_mask)
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. From the identity E|r − 1| = 2·TV, what is E[r − 1] (without the absolute value)? What does that say about
@@ -368,3 +468,25 @@ assert (
 #    0.15 of mass. Ratio clipping keeps firing at small steps, mostly on rare tokens.
 # 4. χ² = Σ (π − μ)²/μ weights each move by 1/μ(a): a small move on a token with tiny μ(a) inflates χ² (and its
 #    sampled estimate) while adding almost nothing to TV = ½ Σ |π − μ|.
+
+# %% [markdown]
+# Solutions of the self-checked functions (collapsed; expand to read). Running the cell checks them.
+
+
+# %% jupyter={"source_hidden": true}
+def solution_binary_tv(mu, pi):
+    return np.abs(pi - mu)
+
+
+def solution_ppo_mask(mu, pi, adv, eps):
+    r = pi / mu
+    return ~(((adv > 0) & (r > 1 + eps)) | ((adv < 0) & (r < 1 - eps)))
+
+
+def solution_dppo_tv_mask(mu, pi, adv, delta):
+    return ~(((adv > 0) & (pi - mu > delta)) | ((adv < 0) & (mu - pi > delta)))
+
+
+assert exercises.check("binary_tv", solution_binary_tv)
+assert exercises.check("ppo_mask", solution_ppo_mask)
+assert exercises.check("dppo_tv_mask", solution_dppo_tv_mask)

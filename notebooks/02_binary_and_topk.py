@@ -26,29 +26,30 @@
 # 3. how K and the engine's set rule ("topk", "topk_plus_sampled", "topk_replace_last") change the gap,
 # 4. what each estimate costs in bytes per generated token.
 #
-# **Sizes.** Defaults are the real sizes (V = 32,768, a few hundred states). Set `TRUSTREGION_LAB_QUICK=1` in the
-# environment before starting Jupyter to shrink them so the notebook runs in seconds (the test-suite does).
+# **Run time and sizes.** At its default size (V = 2,048, 32 states) the notebook runs top to bottom in about
+# 20 s on 2 CPU cores. Set `FULL = True` in the first code cell for the real sizes (V = 32,768, 256 states;
+# several minutes). The control in section 3 needs ipywidgets (in the `[notebook]` extra); without a browser
+# the notebook shows its default setting.
 
 # %%
-import os
-
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from scipy.special import log_softmax
 
-from trustregion_lab import analysis, divergence
+from trustregion_lab import analysis, divergence, exercises, explore
 from trustregion_lab.mismatch import TOPK_RULES
 
-QUICK = os.environ.get("TRUSTREGION_LAB_QUICK", "0") == "1"
-VOCAB = 2_048 if QUICK else 32_768
-NUM_STATES = 32 if QUICK else 256
+FULL = False  # True: the real sizes (several minutes on 2 cores)
+VOCAB = 32_768 if FULL else 2_048
+NUM_STATES = 256 if FULL else 32
 SAMPLES_PER_STATE = 4
-K_VALUES = (1, 5, 20) if QUICK else (1, 2, 5, 20, 100)
+K_VALUES = (1, 2, 5, 20, 100) if FULL else (1, 5, 20)
 SEED = 0
 pd.set_option("display.precision", 4)
-print(f"QUICK={QUICK}: vocabulary {VOCAB:,}, {NUM_STATES} states × {SAMPLES_PER_STATE} tokens")
+print(f"FULL={FULL}: vocabulary {VOCAB:,}, {NUM_STATES} states × {SAMPLES_PER_STATE} tokens")
 
 # %% [markdown]
 # ## 1. The data-processing inequality
@@ -204,6 +205,74 @@ plt.show()
 # miss the sampled token's move, "topk_replace_last" gives up the K-th id to keep it, and "topk_plus_sampled"
 # pays one extra slot.
 #
+# ### Try it: K and the set rule on one state
+#
+# Choose a sampled token of the batch (listed with its state's entropy and the rank of the token under μ), the
+# set rule and K. The plot shows, for every K and each of the three rules, how much of the state's exact TV the
+# Top-K estimate misses (exact − Top-K, log scale; the dash-dotted line is what the token's Binary TV misses);
+# the star is your choice (`trustregion_lab.explore.topk_gap`). The tokens offered are the ones sampled
+# furthest down μ's ranking, where the plain "topk" rule loses the sampled token's own move.
+
+# %%
+state_entropy = analysis.state_entropy(batch.rollout_logits)
+rank = (batch.rollout_logits[batch.state] > batch.rollout_logits[batch.state, batch.token][:, None]).sum(-1)
+candidates = np.argsort(-rank, kind="stable")[:12]  # the tokens sampled furthest down μ's ranking
+TOKEN_CHOICES = [
+    (
+        f"token {i}: state {batch.state[i]}, entropy {state_entropy[batch.state[i]]:.2f} nats, rank {rank[i] + 1}",
+        int(i),
+    )
+    for i in candidates
+]
+K_GRID = (1, 2, 3, 5, 10, 20, 50)
+
+
+def show_topk(token_index: int = int(candidates[0]), rule: str = "topk", k: int = 5):
+    s, a = batch.state[token_index], int(batch.token[token_index])
+    mu_logits, pi_logits = batch.rollout_logits[s], batch.logits[s]
+    chosen = explore.topk_gap(mu_logits, pi_logits, a, k, rule)
+    _, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for r, style in zip(TOPK_RULES, ("o-", "s--", "^:")):
+        missed = [
+            chosen["exact_tv"] - explore.topk_gap(mu_logits, pi_logits, a, kk, r)["topk_tv"] for kk in K_GRID
+        ]
+        ax.plot(K_GRID, np.maximum(missed, 1e-12), style, label=r, alpha=0.8)
+    ax.axhline(
+        max(chosen["exact_tv"] - chosen["binary_tv"], 1e-12), color="0.4", ls="-.", lw=1, label="Binary TV"
+    )
+    ax.plot(
+        [k],
+        [max(chosen["exact_tv"] - chosen["topk_tv"], 1e-12)],
+        "r*",
+        ms=16,
+        label=f"your choice: {rule}, K = {k}",
+    )
+    where = "in" if chosen["a_in_set"] else "NOT in"
+    ax.set(xscale="log", yscale="log", xlabel="K", ylabel="exact TV − estimate  (TV the estimate misses)")
+    ax.set_title(
+        f"token {token_index} (exact TV {chosen['exact_tv']:.3g}): a {where} the set; "
+        f"Top-K captures {chosen['captured']:.1%}; coinciding rules share a line",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8, loc="center right")
+    plt.show()
+    return chosen
+
+
+topk_panel = explore.controls(
+    show_topk,
+    token_index=widgets.Dropdown(options=TOKEN_CHOICES, description="token"),
+    rule=widgets.Dropdown(options=list(TOPK_RULES), description="set rule"),
+    k=widgets.SelectionSlider(options=list(K_GRID), value=5, description="K"),
+)
+topk_panel
+
+# %%
+chosen = topk_panel.result
+print({key: chosen[key] for key in ("exact_tv", "topk_tv", "binary_tv", "a_in_set")})
+assert chosen["topk_tv"] <= chosen["exact_tv"] + 1e-12
+
+# %% [markdown]
 # Per token, the Binary estimate is loosest in high-entropy states, where the mass moves among several tokens:
 
 # %%
@@ -254,6 +323,30 @@ for column in cost.columns:
 # Exact divergences would move more than a TiB per such batch for a Qwen3-sized vocabulary, Top-20 well under a
 # GiB, and Binary nothing beyond what every engine sends anyway.
 #
+# ## Write it yourself (self-checked)
+#
+# Implement the Binary KL (Eq. 14) and the Top-K TV with the "topk_plus_sampled" set (Eq. 15) in plain numpy.
+# `binary_kl(mu, pi)` takes μ(a), π(a) `[N]`; `topk_tv(mu, pi, token, k)` takes the full distributions
+# `[N, V]`, the sampled ids `[N]` and K, and uses S = the K most likely ids under μ plus the sampled token.
+# `exercises.check` prints "passed" or the first failing case with a hint; the stubs fail on purpose, and the
+# solutions are in a collapsed cell at the very end.
+
+
+# %%
+def my_binary_kl(mu, pi):
+    """KL(μ‖π) of the two buckets {a, rest}."""
+    return np.zeros_like(mu)  # ← your code
+
+
+def my_topk_tv(mu, pi, token, k):
+    """½ (Σ_{v∈S} |μ_v − π_v| + |μ_rest − π_rest|), S = top-k of μ ∪ {token}, per row."""
+    return np.zeros(mu.shape[0])  # ← your code
+
+
+exercises.check("binary_kl", my_binary_kl)
+exercises.check("topk_tv", my_topk_tv)
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Find a three-token example where the sampled token a is not in S and the Top-K TV is *smaller* than the
@@ -279,3 +372,24 @@ for column in cost.columns:
 #    (sampled with a large |Â|) or the state's mode. A Binary mask therefore judges each token by its own move —
 #    it can keep a token whose state moved a lot elsewhere, and it never exceeds the exact TV.
 # 4. 20 × (4 + 2) = 120 bytes per token; one exact report is 151,936 × 2 = 303,872 bytes ≈ 2,532 Top-20 reports.
+
+# %% [markdown]
+# Solutions of the self-checked functions (collapsed; expand to read). Running the cell checks them.
+
+
+# %% jupyter={"source_hidden": true}
+def solution_binary_kl(mu, pi):
+    return mu * np.log(mu / pi) + (1 - mu) * np.log((1 - mu) / (1 - pi))
+
+
+def solution_topk_tv(mu, pi, token, k):
+    out = np.empty(mu.shape[0])
+    for row in range(mu.shape[0]):
+        ids = np.union1d(np.argsort(-mu[row])[:k], [token[row]])
+        rest = (1 - mu[row, ids].sum()) - (1 - pi[row, ids].sum())
+        out[row] = 0.5 * (np.abs(mu[row, ids] - pi[row, ids]).sum() + abs(rest))
+    return out
+
+
+assert exercises.check("binary_kl", solution_binary_kl)
+assert exercises.check("topk_tv", solution_topk_tv)

@@ -25,24 +25,25 @@
 # Everything is computed by `trustregion_lab.analysis.calibration_table`, which evaluates the package's masks
 # (`trustregion_lab.masks`) on LLM-like token batches.
 #
-# **Sizes.** Defaults are the real sizes (V = 32,768, 512 states). Set `TRUSTREGION_LAB_QUICK=1` in the
-# environment before starting Jupyter to shrink them so the notebook runs in seconds (the test-suite does).
+# **Run time and sizes.** At its default size (V = 2,048, 96 states) the notebook runs top to bottom in about
+# 25 s on 2 CPU cores. Set `FULL = True` in the first code cell for the real sizes (V = 32,768, 512 states,
+# five step sizes; a few minutes). The control in section 2 needs ipywidgets (in the `[notebook]` extra); without
+# a browser the notebook shows its default setting.
 
 # %%
-import os
-
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from trustregion_lab import analysis
+from trustregion_lab import analysis, explore
 
-QUICK = os.environ.get("TRUSTREGION_LAB_QUICK", "0") == "1"
-VOCAB = 2_048 if QUICK else 32_768
-NUM_STATES = 96 if QUICK else 512
+FULL = False  # True: the real sizes (a few minutes on 2 cores)
+VOCAB = 32_768 if FULL else 2_048
+NUM_STATES = 512 if FULL else 96
 SAMPLES_PER_STATE = 8
-STEP_SIZES = (0.3, 3.0) if QUICK else (0.1, 0.3, 1.0, 3.0, 10.0)
+STEP_SIZES = (0.1, 0.3, 1.0, 3.0, 10.0) if FULL else (0.3, 3.0)
 SEED = 0
 THRESHOLDS = tuple(np.round(np.arange(0.0, 0.5001, 0.01), 2))
 EPSILONS = tuple(np.round(np.arange(0.05, 0.4001, 0.01), 2))
@@ -52,7 +53,7 @@ SPECS = (
     analysis.BatchMaskSpec("dppo_binary_kl", 0.0, 0.0),
 )
 pd.set_option("display.precision", 4)
-print(f"QUICK={QUICK}: vocabulary {VOCAB:,}, {NUM_STATES} states × {SAMPLES_PER_STATE} tokens")
+print(f"FULL={FULL}: vocabulary {VOCAB:,}, {NUM_STATES} states × {SAMPLES_PER_STATE} tokens")
 
 # %% [markdown]
 # ## 1. Mask-rate curves
@@ -104,15 +105,23 @@ fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), constrained_layout=True)
 sns.lineplot(data=match[match["stratum"] == "all"], x="epsilon", y="matched_delta", hue="mask", ax=axes[0])
 axes[0].set(title="all tokens", xlabel="PPO ε", ylabel="δ with the same mask rate")
 by_entropy = match[(match["stratum"] == "entropy") & (match["mask"] == "dppo_binary_tv")]
-sns.lineplot(data=by_entropy, x="epsilon", y="matched_delta", hue="bucket", ax=axes[1])
+# entropy buckets in increasing order of entropy (their labels sorted as text would put "0.67–2" after "0.1–…")
+BUCKET_ORDER = by_entropy.drop_duplicates("bucket").sort_values("bucket_lo")["bucket"].tolist()
+sns.lineplot(
+    data=by_entropy,
+    x="epsilon",
+    y="matched_delta",
+    hue="bucket",
+    hue_order=BUCKET_ORDER,
+    palette="viridis",
+    ax=axes[1],
+)
 axes[1].set(title="Binary TV, by entropy of μ (nats)", xlabel="PPO ε", ylabel="matched δ")
 for ax in axes:
     ax.axvline(0.2, color="0.4", ls="--", lw=0.8)
 plt.show()
 
-at_02 = match[np.isclose(match["epsilon"], 0.2)].pivot_table(
-    index="bucket", columns="mask", values="matched_delta", aggfunc="first"
-)
+at_02 = explore.matched_delta_at(table, 0.2)  # rows: all tokens, then the entropy buckets in increasing order
 at_02
 
 # %% [markdown]
@@ -121,6 +130,39 @@ at_02
 # corresponds to a much larger δ. No single δ reproduces "ε = 0.2" everywhere — the two rules disagree on *which*
 # tokens to drop (notebook 01), not just on how many.
 #
+# ### Try it: ε → the matched δ of each mask
+#
+# Slide PPO's ε; the table gives, for each DPPO mask, the δ that drops as many tokens as the ratio clip at that ε,
+# over all tokens and in each entropy bucket (`trustregion_lab.explore.matched_delta_at`, read from the table
+# computed above — no recomputation), and the plot marks it on the all-token iso-mask curves.
+
+# %%
+EPS_CHOICES = [float(e) for e in sorted(match["epsilon"].unique())]
+all_tokens = match[match["stratum"] == "all"]
+
+
+def show_matched(epsilon: float = 0.2):
+    at = explore.matched_delta_at(table, epsilon)
+    _, ax = plt.subplots(figsize=(7, 3.8), constrained_layout=True)
+    for (mask, rows), marker in zip(all_tokens.groupby("mask"), "os^"):
+        line = ax.plot(rows["epsilon"], rows["matched_delta"], label=mask, marker=marker, ms=3, lw=1)[0]
+        ax.plot([epsilon], [at.loc["all", mask]], marker=marker, ms=12, color=line.get_color(), mec="k")
+    ax.axvline(epsilon, color="0.4", ls="--", lw=0.8)
+    ax.set(xlabel="PPO ε", ylabel="δ with the same mask rate (all tokens)", title=f"ε = {epsilon:g}")
+    ax.legend(fontsize=8)
+    plt.show()
+    return at
+
+
+matched_panel = explore.controls(
+    show_matched, epsilon=widgets.SelectionSlider(options=EPS_CHOICES, value=0.2, description="PPO ε")
+)
+matched_panel
+
+# %%
+matched_panel.result
+
+# %% [markdown]
 # ## 3. Why 0.15 and 0.2 are both in use
 #
 # How much does the choice between δ = 0.15 and δ = 0.2 matter, compared with how much the mask rate moves with
