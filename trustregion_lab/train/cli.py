@@ -202,8 +202,8 @@ def check_cache_folder(config: TrainConfig) -> None:
 
 
 class ProgressPrinter:
-    """A progress sink (``trustregion_lab.progress``) printing one line per ``every`` units of each stage, and at
-    its first and last report, to ``stream``; it also remembers the last report (for the Ctrl-C line).
+    """A progress sink (``trustregion_lab.progress``) printing one line at each multiple of ``every`` units of a
+    stage, and at its first and last report, to ``stream``; it also remembers the last report (for the Ctrl-C line).
 
     Lines: ``[train] step 5/50  reward 0.4375  mismatch 0.00123  mask 0.031  2.31 s/step``,
     ``[warm start] step 100/600  loss 2.31  0.05 s/step``; s/step is the wall time since the previous line
@@ -233,7 +233,7 @@ class ProgressPrinter:
         due = (
             previous is None
             or report.done >= report.total
-            or report.done - previous[0] >= self._every(report)
+            or report.done // self._every(report) > previous[0] // self._every(report)
         )
         if not due or (previous is not None and report.done == previous[0]):
             return
@@ -265,8 +265,9 @@ def _interrupt_guard(message: typing.Callable[[], str]) -> Iterator[None]:
     writer.setblocking(False)
 
     def on_sigint(signum: int, frame: object) -> None:
-        handled.set()
-        raise KeyboardInterrupt
+        if not handled.is_set():  # the first Ctrl-C stops the run; more while it winds down are ignored
+            handled.set()
+            raise KeyboardInterrupt
 
     def watch() -> None:
         while True:
@@ -288,6 +289,7 @@ def _interrupt_guard(message: typing.Callable[[], str]) -> Iterator[None]:
     try:
         yield
     finally:
+        handled.set()  # winding down: a Ctrl-C from here on is ignored until the previous handler is back
         signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGINT, previous_handler)
         writer.close()
