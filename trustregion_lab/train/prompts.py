@@ -69,6 +69,7 @@ def success_rates(
 
     repeated = np.repeat(prompts, samples, axis=0)
     rewards = np.empty(len(repeated))
+    progress.report("prompt pool", 0, len(repeated), {})
     for start in range(0, len(repeated), _CHUNK_ROWS):
         chunk = repeated[start : start + _CHUNK_ROWS]
         answers, _ = decode_answers(
