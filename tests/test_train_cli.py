@@ -362,3 +362,15 @@ def test_minus_inf_logits_point_to_the_toolkits_excluded_logit():
     p = np.where(cut, 0.0, np.exp(log_softmax(np.where(cut, -np.inf, mu), axis=1)))
     q = np.exp(log_softmax(pi, axis=1))
     np.testing.assert_allclose(got, 0.5 * np.abs(p - q).sum(axis=1), rtol=1e-6, err_msg=f"seed {seed}")
+
+
+def test_a_failing_warm_start_is_a_run_time_failure_in_one_line(tmp_path, capsys, monkeypatch):
+    from trustregion_lab.train import sequence
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail on a second line")
+
+    monkeypatch.setattr(sequence, "warm_start_cached", failing)
+    code, err = _exit([*SEQUENCE, "--steps", "1", "--cache-dir", str(tmp_path / "c")], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert err.endswith("failed while setting up the run: CUDA out of memory. Tried to allocate 2.00 GiB\n")
