@@ -97,7 +97,7 @@ def test_one_step_matches_float64_hand_computation(variant, low, high):
     trainer = BanditTrainer(config)
     trainer.sampler.begin_step(0)
     batch = trainer.collect()
-    contexts = trainer.contexts
+    contexts = batch.inputs
     logits0 = trainer.policy.logits.detach().clone().numpy()
     trainer.prepare(batch)
     metrics = trainer.update(batch)
@@ -199,7 +199,7 @@ def test_bandit_resume_reproduces_the_uninterrupted_run(tmp_path, overrides):
     config = BanditConfig(steps=6, checkpoint_every=2, **TINY_BANDIT, **overrides)
     uninterrupted = BanditTrainer(config).train()
     BanditTrainer(config).train(tmp_path, stop_after=3)  # "killed" after step 3; last checkpoint at step 2
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 2
     resumed = BanditTrainer(config).train(tmp_path)
     pd.testing.assert_frame_equal(_comparable(resumed), _comparable(uninterrupted), check_exact=True)
     other = BanditConfig(**{**dataclasses.asdict(config), "lr": 0.2})
@@ -484,8 +484,7 @@ def test_prompt_pool_is_at_intermediate_success_and_cached(tmp_path):
     held = {tuple(p) for p in pool.eval_prompts.tolist()}
     assert not held & {tuple(p) for p in pool.prompts.tolist()}
     batch = trainer.collect()
-    del batch
-    trained = {tuple(p) for p in trainer.inputs[:, : trainer.task.prompt_length].tolist()}
+    trained = {tuple(p) for p in batch.inputs[:, : trainer.task.prompt_length].tolist()}
     assert trained <= {tuple(p) for p in pool.prompts.tolist()}
     table = trainer.train()
     assert table["eval_reward_sampled"].notna().sum() == 2  # steps 1 and 2
@@ -496,8 +495,9 @@ def test_prompt_pool_is_at_intermediate_success_and_cached(tmp_path):
 def test_export_tokens_writes_the_per_token_table(tmp_path):
     import pyarrow.parquet as pq
 
-    trainer = SequenceTrainer(_tiny_sequence(tmp_path, steps=2, engine="model-bf16"))
-    trainer.export_dir = tmp_path / "tokens"
+    trainer = SequenceTrainer(
+        _tiny_sequence(tmp_path, steps=2, engine="model-bf16"), export_dir=tmp_path / "tokens"
+    )
     table = trainer.train()
     files = sorted((tmp_path / "tokens").glob("*.parquet"))
     assert len(files) == 2
@@ -524,8 +524,11 @@ def test_exact_engine_with_staleness_reports_the_stale_weights_logprobs():
     table = trainer.train()
     assert table["mismatch_mean"].iloc[0] == 0.0  # step 1: the stale weights are the initial ones
     assert (table["mismatch_mean"].iloc[1:] > 0).all()
-    batch = trainer.batch  # the last step's batch: μ must be the served (one step old) weights' softmax
-    stale = torch.log_softmax(trainer.served(trainer.contexts).double(), -1)
+    # the next step's batch: μ must be the served (one step old) weights' softmax
+    trainer.sampler.begin_step(trainer.step)
+    batch = trainer.collect()
+    trainer.prepare(batch)
+    stale = torch.log_softmax(trainer.served(batch.inputs).double(), -1)
     want = stale.gather(-1, batch.tokens.long()).float()
     torch.testing.assert_close(batch.rollout_logprob, want, rtol=0, atol=1e-6)
 

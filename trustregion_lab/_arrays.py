@@ -56,6 +56,7 @@ class Converter:
                 )
             self.device = t.device
             self.saw_torch = True
+            given = str(t.dtype)
         elif isinstance(x, np.ndarray | np.generic):
             arr = np.asarray(x)
             if arr.dtype == object or not (
@@ -67,24 +68,25 @@ class Converter:
             # np.ascontiguousarray would turn a 0-d array into shape (1,); copy only when strides demand it
             t = torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy(order="C"))
             self.saw_numpy = True
+            given = f"numpy {arr.dtype}"  # as the caller passed it, not torch's name for it
         else:
             raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
         if kind == "float":
             if t.dtype not in _FLOAT_DTYPES:
                 raise TypeError(
-                    f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {t.dtype}"
+                    f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {given}"
                 )
             self.input_dtype = (
                 t.dtype if self.input_dtype is None else torch.promote_types(self.input_dtype, t.dtype)
             )
         elif kind == "int":
             if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-                raise TypeError(f"{name} must be an integer array of token ids, got dtype {t.dtype}")
+                raise TypeError(f"{name} must be an integer array of token ids, got dtype {given}")
             t = t.long()
         elif kind == "bool":
             if t.dtype.is_complex:
-                raise TypeError(f"{name} must be a boolean (or 0/1) mask, got dtype {t.dtype}")
+                raise TypeError(f"{name} must be a boolean (or 0/1) mask, got dtype {given}")
             if t.dtype != torch.bool:
                 if bool(((t != 0) & (t != 1)).any()):
                     raise ValueError(f"{name} must hold only 0/1 (or True/False) values")
@@ -133,11 +135,23 @@ class Converter:
         return t.numpy()
 
 
+# the toolkit's logit for a token a sampler excluded (top-k / top-p); trustregion_lab.mismatch.EXCLUDED_LOGIT
+_EXCLUDED_LOGIT_TEXT = "-1e4 (trustregion_lab.mismatch.EXCLUDED_LOGIT)"
+
+
 def check_finite(t: torch.Tensor, name: str) -> None:
+    """ValueError unless every value is finite; −inf logits (a top-k/top-p truncation's way to exclude tokens)
+    get a pointer to the toolkit's convention: excluded tokens carry the finite logit EXCLUDED_LOGIT."""
     t = t.detach()
     if not bool(torch.isfinite(t).all()):
         n_bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{name} must be finite; found {n_bad} NaN/inf value(s)")
+        hint = ""
+        if name.endswith("logits") and bool((t == -torch.inf).any()):
+            hint = (
+                f"; -inf logits (tokens a top-k/top-p sampler excluded) are not accepted: give excluded tokens "
+                f"the finite logit {_EXCLUDED_LOGIT_TEXT}, the toolkit's convention (docs/design.md §4)"
+            )
+        raise ValueError(f"{name} must be finite; found {n_bad} NaN/inf value(s){hint}")
 
 
 def logprob_tolerance(dtype: torch.dtype) -> float:

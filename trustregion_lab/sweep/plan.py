@@ -56,7 +56,8 @@ def available_presets() -> dict[str, Preset]:
 
 # ------------------------------------------------------------------------------------------ grid parsing
 def parse_value(text: str, default: Any, key: str) -> Any:
-    """Parse one command-line value to the type of the parameter's default (bool, int, float or str).
+    """Parse one command-line value to the type of the parameter's default (bool, int, float or str; a default of
+    None takes a number or ``own``, meaning None).
 
     bool accepts 1/0, true/false, yes/no, on/off; int accepts integral floats such as ``1e4``.
     """
@@ -92,6 +93,13 @@ def parse_value(text: str, default: Any, key: str) -> Any:
         return value
     if isinstance(default, str):
         return text
+    if default is None:  # an optional number (a trainer's low, high, ratio_cap): "own" = the variant's own
+        if text.lower() == "own":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise SweepConfigError(f"--grid {key}={text}: expected a number or 'own'") from None
     raise SweepConfigError(
         f"--grid {key}: parameter has a default of type {type(default).__name__}, which cannot be set from the "
         "command line (only bool, int, float and str parameters can)"

@@ -10,6 +10,8 @@ is reused. The model engines of the sequence trainer do not apply here (a table 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -32,7 +34,7 @@ class BanditTrainer(Trainer):
 
     eval_columns = ("reward_expected",)
 
-    def __init__(self, config: BanditConfig) -> None:
+    def __init__(self, config: BanditConfig, *, export_dir: str | Path | None = None) -> None:
         if not isinstance(config, BanditConfig):
             raise TypeError(f"config must be a BanditConfig, got {type(config).__name__}")
         if config.engine in MODEL_ENGINES:
@@ -40,7 +42,7 @@ class BanditTrainer(Trainer):
                 f"engine={config.engine!r} is a model engine of the sequence trainer; the bandit's engines are "
                 "'none', 'fp32', 'bf16', 'bf16_noisy' and 'moe'"
             )
-        super().__init__(config)
+        super().__init__(config, export_dir=export_dir)
         self.problem = make_bandit_problem(
             vocab_size=config.vocab_size,
             num_contexts=config.num_contexts,
@@ -63,31 +65,30 @@ class BanditTrainer(Trainer):
         self.served.load_state_dict(self.sync_engine())
         size = min(cfg.contexts_per_step, cfg.num_contexts)
         chosen = self.rng.choice(cfg.num_contexts, size=size, replace=False)
-        self.contexts = torch.as_tensor(
-            np.repeat(chosen, cfg.group_size), dtype=torch.int64, device=self.device
-        )
-        sample = self.sampler.sample(self.served(self.contexts))
-        rewards = self.problem.clean_reward(self.contexts.cpu().numpy(), sample.tokens.cpu().numpy())
+        contexts = torch.as_tensor(np.repeat(chosen, cfg.group_size), dtype=torch.int64, device=self.device)
+        sample = self.sampler.sample(self.served(contexts))
+        rewards = self.problem.clean_reward(contexts.cpu().numpy(), sample.tokens.cpu().numpy())
         return RolloutBatch(
             tokens=sample.tokens[:, None],
             rollout_logprob=sample.logprob[:, None],
             rollout_logits=sample.engine_logits[:, None, :],
             topk_ids=sample.topk_ids[:, None, :],
             topk_logprobs=sample.topk_logprobs[:, None, :],
-            response_mask=torch.ones(self.contexts.shape[0], 1, dtype=torch.bool, device=self.device),
+            response_mask=torch.ones(contexts.shape[0], 1, dtype=torch.bool, device=self.device),
             rewards=torch.as_tensor(rewards, dtype=torch.float32, device=self.device),
             advantages=torch.as_tensor(
                 group_advantages(rewards, cfg.group_size, cfg.adv_norm), device=self.device
             ),
+            inputs=contexts,
         )
 
-    def policy_logits(self, rows: torch.Tensor) -> torch.Tensor:
-        """π_θ's logits [b, 1, V] for the given rows of the current batch."""
-        return self.policy(self.contexts[rows])[:, None, :]
+    def policy_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """π_θ's logits [b, 1, V] at the context ids ``inputs`` [b] (``RolloutBatch.inputs``)."""
+        return self.policy(inputs)[:, None, :]
 
     @torch.no_grad()
-    def served_logits(self) -> torch.Tensor:
-        return self.served(self.contexts)[:, None, :]
+    def served_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.served(inputs)[:, None, :]
 
     def eval_due(self) -> bool:
         return True

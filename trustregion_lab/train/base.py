@@ -10,7 +10,12 @@ A step (``train_step``):
     5. every ``eval_every`` steps an evaluation (subclass), then one tidy row.
 
 A subclass sets ``policy``, ``optimizer``, ``rng`` (numpy Generator for contexts/prompts and mini-batch order),
-``sampler`` (a ``TokenSampler``) and implements ``collect()`` and ``policy_logits(rows)``.
+``sampler`` (a ``TokenSampler``) and implements ``collect()``, ``policy_logits(inputs)`` and
+``served_logits(inputs)``. The batch carries everything the loss reads (``RolloutBatch.inputs`` included): no
+step reads state a previous ``collect()`` left on the trainer.
+
+Each finished step is reported on the progress channel (``trustregion_lab.progress.report("train", step, steps,
+{reward, mismatch_mean, mask_frac, time_s})``); a front end that listens prints or forwards it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trustregion_lab import divergence
+from trustregion_lab import divergence, progress
 from trustregion_lab._io import atomic_torch_save
 from trustregion_lab.mismatch import StalePolicy
 from trustregion_lab.policies import autocast, resolve_device
@@ -32,10 +37,30 @@ from trustregion_lab.train import step as step_lib
 from trustregion_lab.train.batch import RolloutBatch
 from trustregion_lab.train.config import TrainConfig
 from trustregion_lab.train.engine import TokenSampler
+from trustregion_lab.train.safe_load import safe_torch_load
 
-__all__ = ["CHECKPOINT_NAME", "ROW_COLUMNS", "TIMING_COLUMNS", "Trainer", "make_optimizer", "rows_to_frame"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "ROW_COLUMNS",
+    "TIMING_COLUMNS",
+    "CheckpointError",
+    "Trainer",
+    "make_optimizer",
+    "rows_to_frame",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# /2: tensors and plain types only, read with torch.load(weights_only=True); /1 pickled Python objects
+CHECKPOINT_FORMAT = "trustregion_lab.checkpoint/2"
+PROGRESS_METRICS = ("reward", "mismatch_mean", "mask_frac", "time_s")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be resumed from: not one of this package's, truncated, of an older format, or
+    written by a run with another config."""
+
+
 # wall-clock columns: the only ones that differ between two runs of one seed
 TIMING_COLUMNS = ("tokens_per_s", "sample_tokens_per_s", "train_tokens_per_s", "time_s")
 ROW_COLUMNS = (
@@ -79,7 +104,8 @@ class Trainer:
     rng: np.random.Generator
     sampler: TokenSampler
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, *, export_dir: str | Path | None = None) -> None:
+        """``export_dir``: write every step's per-token table there (docs/design.md §8); None = don't."""
         self.config = config
         self.variant = config.resolved_variant
         if config.threads > 0:
@@ -92,17 +118,16 @@ class Trainer:
         self.step = 0
         self.rows: list[dict[str, Any]] = []
         self.stale = StalePolicy(config.staleness)
-        self.export_dir: Path | None = (
-            None  # set to write the per-token table of every step (docs/design.md §8)
-        )
+        self.export_dir = None if export_dir is None else Path(export_dir)
+        self.checkpoint_step: int | None = None  # the step of the last checkpoint written or resumed from
 
     # subclasses -----------------------------------------------------------------------------------------
     def collect(self) -> RolloutBatch:
         """Sample one rollout batch with ``self.sampler`` from the weights ``served_state`` holds."""
         raise NotImplementedError
 
-    def policy_logits(self, rows: torch.Tensor) -> torch.Tensor:
-        """π_θ's logits `[b, T, V]` at the current batch's states for rows `[b]` (with gradient)."""
+    def policy_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """π_θ's logits `[b, T, V]` for rows of ``RolloutBatch.inputs`` (with gradient)."""
         raise NotImplementedError
 
     eval_columns: tuple[str, ...] = ()
@@ -118,8 +143,8 @@ class Trainer:
         """Per-run constants every row carries (e.g. the warm start's reward)."""
         return {}
 
-    def served_logits(self) -> torch.Tensor:
-        """The served (engine) weights' logits `[B, T, V]` at the current batch's states, no gradient."""
+    def served_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The served (engine) weights' logits `[B, T, V]` for ``RolloutBatch.inputs``, no gradient."""
         raise NotImplementedError
 
     @staticmethod
@@ -140,19 +165,19 @@ class Trainer:
         self.stale.push(self.policy.state_dict())
         return self.stale.rollout_params()
 
-    def _logits(self, rows: torch.Tensor) -> torch.Tensor:
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.config.bf16):
-            return self.policy_logits(rows)
+            return self.policy_logits(inputs)
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch) -> dict[str, float]:
         """Step 3: π_old over the whole batch (``old_logits``, ``old_logprob``); with the exact engine it becomes
         μ. Returns the equal-weight diagnostics (``step.start_metrics``)."""
-        logits = self._logits(torch.arange(batch.num_rows, device=batch.tokens.device)).float()
+        logits = self._logits(batch.inputs).float()
         batch.old_logits = logits
         batch.old_logprob = torch.log_softmax(logits, -1).gather(-1, batch.tokens.unsqueeze(-1)).squeeze(-1)
         if self.config.engine == "none":
-            served = logits if self.config.staleness == 0 else self.served_logits().float()
+            served = logits if self.config.staleness == 0 else self.served_logits(batch.inputs).float()
             self.exact_engine_report(batch, served)
         return step_lib.start_metrics(batch)
 
@@ -187,7 +212,7 @@ class Trainer:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """Step 4: epochs × mini-batches of the surrogate on a prepared batch (``step.update``)."""
         return step_lib.update(
-            self._logits,
+            lambda rows: self._logits(batch.inputs[rows]),
             batch,
             optimizer=self.optimizer,
             parameters=[p for p in self.policy.parameters() if p.requires_grad],
@@ -200,7 +225,7 @@ class Trainer:
         """One rollout batch and its optimisation; appends and returns the step's row."""
         start = time.perf_counter()
         self.sampler.begin_step(self.step)
-        self.batch = batch = self.collect()
+        batch = self.collect()
         sampled = time.perf_counter()
         row_start = self.prepare(batch)
         if self.export_dir is not None:
@@ -235,48 +260,66 @@ class Trainer:
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue bit for bit: weights, optimiser, RNGs, stale weights, rows."""
+        """Everything a resumed run needs to continue bit for bit: weights, optimiser, RNGs, stale weights, rows.
+
+        Tensors and plain types only (dicts, lists, str, int, float, bool, None), so ``torch.load`` reads it with
+        ``weights_only=True`` and a planted file cannot run code; the numpy bit generator's state is a dict of
+        ints (its 128-bit PCG64 state and increment written as decimal strings).
+        """
         return {
-            "format": "trustregion_lab.checkpoint/1",
+            "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "step": self.step,
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": self.rng.bit_generator.state,
-            "stale": self.stale,
+            "rng": _plain_bit_generator_state(self.rng.bit_generator.state),
+            "stale": {"staleness": self.stale.staleness, "snapshots": list(self.stale._snapshots)},
             "torch_rng": torch.get_rng_state(),
             "rows": list(self.rows),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["config"] != self.config.to_dict():
-            raise ValueError(
+            raise CheckpointError(
                 "checkpoint was written by a run with another config; use a fresh checkpoint_dir"
             )
         self.step = int(state["step"])
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["rng"]
-        self.stale = state["stale"]
+        self.rng.bit_generator.state = _bit_generator_state(state["rng"])
+        self.stale = StalePolicy(int(state["stale"]["staleness"]))
+        for snapshot in state["stale"]["snapshots"]:
+            self.stale.push(snapshot)
         torch.set_rng_state(state["torch_rng"])
         self.rows = list(state["rows"])
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Write the state to ``path`` (temp file, then rename)."""
         atomic_torch_save(self.state_dict(), path)
+        self.checkpoint_step = self.step
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Resume from ``path``; a file that is not a complete checkpoint of this package is a ValueError."""
+        """Resume from ``path``, read with ``torch.load(weights_only=True)``: a file that holds anything but
+        tensors and plain types (a pickle that would run code), is truncated, is not a checkpoint of this package
+        or is of the older format is a ``CheckpointError`` (a ValueError) and nothing in it runs."""
+        state = safe_torch_load(path, what="checkpoint", error=CheckpointError)
+        if isinstance(state, dict) and state.get("format") == "trustregion_lab.checkpoint/1":
+            raise CheckpointError(
+                f"checkpoint {path} has the older format trustregion_lab.checkpoint/1 (pickled objects, which "
+                "this version no longer loads); delete it to start over"
+            )
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint {path} is not a trustregion_lab checkpoint or is truncated")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # truncated zip, pickle garbage, ...
-            raise ValueError(
-                f"checkpoint {path} is not a trustregion_lab checkpoint or is truncated ({type(exc).__name__}); "
+            self.load_state_dict(state)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {path} is not a complete trustregion_lab checkpoint ({type(exc).__name__}); "
                 "delete it to start over"
             ) from None
-        if not isinstance(state, dict) or state.get("format") != "trustregion_lab.checkpoint/1":
-            raise ValueError(f"checkpoint {path} is not a trustregion_lab checkpoint or is truncated")
-        self.load_state_dict(state)
+        self.checkpoint_step = self.step
 
     def should_stop(self) -> bool:
         return False
@@ -293,8 +336,30 @@ class Trainer:
             self.load_checkpoint(path)
         last = self.config.steps if stop_after is None else min(stop_after, self.config.steps)
         every = self.config.checkpoint_every
+        total = self.config.steps
+        progress.report("train", self.step, total, {})
         while self.step < last and not self.should_stop():
-            self.train_step()
+            row = self.train_step()
             if path is not None and every and (self.step % every == 0 or self.step == self.config.steps):
                 self.save_checkpoint(path)
+            progress.report("train", self.step, total, {k: float(row[k]) for k in PROGRESS_METRICS})
         return rows_to_frame(self.rows)
+
+
+def _plain_bit_generator_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A numpy bit generator's state (nested dicts of str and ints, which may exceed 64 bits) with every int
+    written as a decimal string, so ``torch.load(weights_only=True)`` reads it."""
+    if isinstance(state, dict):
+        return {k: _plain_bit_generator_state(v) for k, v in state.items()}
+    if isinstance(state, bool) or not isinstance(state, int | np.integer):
+        return state
+    return {"int": str(int(state))}
+
+
+def _bit_generator_state(plain: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of ``_plain_bit_generator_state``."""
+    if isinstance(plain, dict):
+        if set(plain) == {"int"}:
+            return int(plain["int"])
+        return {k: _bit_generator_state(v) for k, v in plain.items()}
+    return plain

@@ -25,9 +25,11 @@ class RolloutBatch:
     tokens `[B, T]` int64; rollout_logprob `[B, T]` log μ(a) as the engine reported it; rollout_logits
     `[B, T, V]` log μ over the vocabulary (the engine's distribution, for exact divergences); topk_ids and
     topk_logprobs `[B, T, K']` (the engine's reported set, −1 / −inf in unused slots); response_mask `[B, T]`
-    bool; rewards `[B]`; advantages `[B]`. old_logits `[B, T, V]` and old_logprob `[B, T]` are π_old, the
-    trainer's own forward at the step's start (no gradient): the recompute anchor and the step's equal-weight
-    diagnostics (filled by the trainer before the update).
+    bool; rewards `[B]`; advantages `[B]`; inputs: what the trainer's policy reads to give each row's logits
+    (the bandit's context ids `[B]`, the sequence trainer's prompt and answer tokens `[B, P + T − 1]`), so the
+    loss needs nothing but the batch (``Trainer.policy_logits(batch.inputs[rows])``). old_logits `[B, T, V]`
+    and old_logprob `[B, T]` are π_old, the trainer's own forward at the step's start (no gradient): the
+    recompute anchor and the step's equal-weight diagnostics (filled by the trainer before the update).
     """
 
     tokens: torch.Tensor
@@ -38,6 +40,7 @@ class RolloutBatch:
     response_mask: torch.Tensor
     rewards: torch.Tensor
     advantages: torch.Tensor
+    inputs: torch.Tensor
     old_logits: torch.Tensor | None = None
     old_logprob: torch.Tensor | None = None
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from trustregion_lab._validate import check_bool, check_choice, check_int, check_real
 from trustregion_lab.envs.large_vocab_bandit import MAX_VOCAB_SIZE
-from trustregion_lab.envs.token_sequence import REWARD_MODES, TASKS
+from trustregion_lab.envs.token_sequence import REWARD_MODES, TASKS, TokenSequenceTask
 from trustregion_lab.losses import AGGREGATIONS
 from trustregion_lab.mismatch import TOPK_RULES
 from trustregion_lab.policies.device import DEVICE_CHOICES
@@ -24,6 +24,13 @@ from trustregion_lab.train.variants import Variant, resolve_variant
 __all__ = ["BanditConfig", "SequenceConfig", "TrainConfig"]
 
 OPTIMIZERS = ("adam", "sgd")
+# Each step decodes scratch_length + answer tokens one after another and the trainer attends over all of them;
+# 1,024 is 32 times the longest answer of any preset (stability-long: 32 tokens).
+MAX_SCRATCH_LENGTH = 1024
+# A sequence step holds several float32 arrays of [rows, answer_length, V] (the engine's log μ, π_old, π_θ, its
+# gradient, log-softmaxes): 2^27 elements is 512 MiB each. With the defaults and scratch_length=128
+# (1.4e8 elements) one step took 104 s and 5.7 GB on 2 shared cores; the largest preset holds 8.2e6.
+MAX_STEP_LOGITS = 2**27
 
 
 def _f(default: Any, help: str) -> Any:
@@ -103,6 +110,14 @@ class TrainConfig:
     def check_size(self) -> None:
         """Constraints between fields (subclasses add theirs)."""
 
+    def check_topk(self, vocab_size: int) -> None:
+        """The engine reports at most the whole vocabulary: engine_topk ≤ V."""
+        if self.engine_topk > vocab_size:
+            raise ValueError(
+                f"engine_topk={self.engine_topk} exceeds the vocabulary size V={vocab_size}; the engine reports "
+                f"at most V log-probs (use engine_topk <= {vocab_size})"
+            )
+
     @property
     def resolved_variant(self) -> Variant:
         """The variant with this config's overrides of low, high and ratio_cap applied."""
@@ -137,6 +152,7 @@ class BanditConfig(TrainConfig):
 
     def check_size(self) -> None:
         check_int("vocab_size", self.vocab_size, 2, MAX_VOCAB_SIZE)
+        self.check_topk(self.vocab_size)
         check_int("num_contexts", self.num_contexts, 1)
         check_int("contexts_per_step", self.contexts_per_step, 1)
         check_int("env_seed", self.env_seed, 0)
@@ -199,10 +215,11 @@ class SequenceConfig(TrainConfig):
     def check_size(self) -> None:
         check_choice("task", self.task, TASKS)
         check_int("vocab_size", self.vocab_size, 2)
+        self.check_topk(self.vocab_size)
         check_int("max_length", self.max_length, 1)
         check_int("min_length", self.min_length, 1, self.max_length)
         check_int("num_symbols", self.num_symbols, 2)
-        check_int("scratch_length", self.scratch_length, 0)
+        check_int("scratch_length", self.scratch_length, 0, MAX_SCRATCH_LENGTH)
         check_real("scratch_zipf", self.scratch_zipf, positive=True)
         check_choice("reward_mode", self.reward_mode, REWARD_MODES)
         check_int("prompts_per_step", self.prompts_per_step, 1)
@@ -229,4 +246,19 @@ class SequenceConfig(TrainConfig):
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} exceeds the rollout batch's {rows} rows "
                 "(prompts_per_step × group_size)"
+            )
+        answer_length = TokenSequenceTask(
+            self.task,
+            vocab_size=self.vocab_size,
+            max_length=self.max_length,
+            min_length=self.min_length,
+            num_symbols=self.num_symbols,
+            scratch_length=self.scratch_length,
+        ).answer_length
+        elements = rows * answer_length * self.vocab_size
+        if elements > MAX_STEP_LOGITS:
+            raise ValueError(
+                f"a step would hold logits of {rows} rows × {answer_length} answer positions × {self.vocab_size} "
+                f"tokens = {elements:,} elements (several float32 copies), above the limit of {MAX_STEP_LOGITS:,} "
+                "(512 MiB each); lower prompts_per_step, group_size, scratch_length, max_length or vocab_size"
             )

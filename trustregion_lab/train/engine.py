@@ -102,8 +102,9 @@ class TokenSampler:
             device=log_mu.device,
         )
         tokens = sample_categorical(log_mu.double().exp(), u)
-        k = min(self.topk, log_mu.shape[-1])
-        ids = apply_set_rule(log_mu.topk(k, dim=-1).indices, tokens, self.topk_rule)
+        if self.topk > log_mu.shape[-1]:
+            raise ValueError(f"topk (K = {self.topk}) must be <= the vocabulary size V = {log_mu.shape[-1]}")
+        ids = apply_set_rule(log_mu.topk(self.topk, dim=-1).indices, tokens, self.topk_rule)
         topk_logprobs = torch.where(ids >= 0, log_mu.gather(-1, ids.clamp(min=0)), -torch.inf)
         logprob = log_mu.gather(-1, tokens[:, None])[:, 0]
         return EngineSample(tokens, logprob, log_mu, ids, topk_logprobs)

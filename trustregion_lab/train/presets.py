@@ -10,10 +10,10 @@ rollout batch for several mini-batches and epochs at a large learning rate, so t
 pass per batch the ratio is 1 and nothing separates the variants; docs/design.md §5).
 
 The parameters are the fields of the trainer's config dataclass (grid key ``variant`` names the variant);
-``low``, ``high`` and ``ratio_cap`` < 0 mean "the variant's own". A configuration is validated by building that
-dataclass; the figure function of each preset is ``trustregion_lab.plots.PRESET_FIGURES[name]`` (attached by the
-sweep: `trustregion_lab.plots.training_figures` for the training presets, the ``stability*`` functions of
-`trustregion_lab.plots.stability` for the study's).
+``low``, ``high`` and ``ratio_cap`` None mean "the variant's own" (as in the config). A configuration is validated by
+building that dataclass; the figure function of each preset is ``trustregion_lab.plots.PRESET_FIGURES[name]``
+(attached by the sweep: `trustregion_lab.plots.training_figures` for the training presets, the ``stability*``
+functions of `trustregion_lab.plots.stability` for the study's).
 
 Run with ``python -m trustregion_lab.sweep --preset bandit-train`` (or ``sequence-train``).
 """
@@ -51,7 +51,6 @@ COMPARED_VARIANTS = (
 )
 # run-level fields that are not experiment parameters
 _NOT_PARAMETERS = ("seed", "device", "bf16", "checkpoint_every", "cache_dir", "threads")
-_OWN = -1.0  # a value < 0 of an optional field (low, high, ratio_cap): the variant's own
 
 BANDIT_SETTINGS: dict[str, Any] = {
     "family": "high_entropy",
@@ -78,18 +77,12 @@ def _defaults(cls: type[TrainConfig], settings: dict[str, Any]) -> dict[str, Any
     for f in dataclasses.fields(cls):
         if f.name in _NOT_PARAMETERS:
             continue
-        value = settings.get(f.name, f.default)
-        values[f.name] = _OWN if value is None else value
+        values[f.name] = settings.get(f.name, f.default)  # None (low, high, ratio_cap): the variant's own
     return values
 
 
 def _config(cls: type[TrainConfig], config: dict[str, Any], seed: int) -> TrainConfig:
-    optional = {f.name for f in dataclasses.fields(cls) if f.default is None}
-    values = {
-        name: None if name in optional and isinstance(value, int | float) and value < 0 else value
-        for name, value in config.items()
-    }
-    return cls.from_dict({**values, "seed": int(seed)})
+    return cls.from_dict({**config, "seed": int(seed)})
 
 
 def run_bandit_preset(config: dict[str, Any], seed: int) -> pd.DataFrame:

@@ -15,6 +15,7 @@ evaluation on held-out prompts (``eval_reward_greedy``, ``eval_reward_sampled``)
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,10 +56,10 @@ class SequenceTrainer(Trainer):
 
     eval_columns = ("eval_reward_greedy", "eval_reward_sampled")
 
-    def __init__(self, config: SequenceConfig) -> None:
+    def __init__(self, config: SequenceConfig, *, export_dir: str | Path | None = None) -> None:
         if not isinstance(config, SequenceConfig):
             raise TypeError(f"config must be a SequenceConfig, got {type(config).__name__}")
-        super().__init__(config)
+        super().__init__(config, export_dir=export_dir)
         self.task = TokenSequenceTask(
             config.task,
             vocab_size=config.vocab_size,
@@ -152,7 +153,6 @@ class SequenceTrainer(Trainer):
         answers = np.full((tokens.shape[0], task.answer_length), task.pad_id, dtype=np.int64)
         answers[:, : tokens.shape[1]] = tokens.cpu().numpy()
         rewards = np.asarray(task.score(prompts, answers), dtype=np.float32)
-        self.inputs = torch.cat([prompt_ids, tokens[:, :-1]], dim=1)
         return RolloutBatch(
             tokens=tokens,
             rollout_logprob=torch.stack([s.logprob for s in samples], dim=1),
@@ -164,15 +164,17 @@ class SequenceTrainer(Trainer):
             advantages=torch.as_tensor(
                 group_advantages(rewards, cfg.group_size, cfg.adv_norm), device=self.device
             ),
+            inputs=torch.cat([prompt_ids, tokens[:, :-1]], dim=1),
         )
 
-    def policy_logits(self, rows: torch.Tensor) -> torch.Tensor:
-        """π_θ's logits [b, T, V] at the answer positions of the given rows (the fp32 full forward, with gradient)."""
-        return self.policy(self.inputs[rows], start=self.task.prompt_length - 1)
+    def policy_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """π_θ's logits [b, T, V] at the answer positions of ``inputs`` [b, P + T − 1] (prompt and answer tokens,
+        ``RolloutBatch.inputs``): the fp32 full forward, with gradient."""
+        return self.policy(inputs, start=self.task.prompt_length - 1)
 
     @torch.no_grad()
-    def served_logits(self) -> torch.Tensor:
-        return self.served(self.inputs)[:, self.task.prompt_length - 1 :]
+    def served_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.served(inputs)[:, self.task.prompt_length - 1 :]
 
     def eval_due(self) -> bool:
         every = self.config.eval_every

@@ -8,7 +8,11 @@ drives the greedy answer towards the correct one while leaving a spread of mass 
 temperature 1 starts with a modest reward (stated in the returned stats).
 
 Checkpoints are cached under ``cache_dir`` (default ``$TRUSTREGION_LAB_CACHE`` or ``~/.cache/trustregion_lab``)
-as ``warm_start-<sha256 of the config>.pt``, written to a temp file and renamed, so a sweep pays once.
+as ``warm_start-<sha256 of the config>.pt``, written to a temp file and renamed, so a sweep pays once. A cache
+file holds tensors and plain types only and is read with ``torch.load(weights_only=True)``
+(``trustregion_lab.train.safe_load``); one that is unreadable, of an older format or holds anything else is
+rebuilt with a warning. Each step is reported on the progress channel (``report("warm start", step, steps,
+{"loss": ...})``).
 """
 
 from __future__ import annotations
@@ -23,14 +27,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from trustregion_lab import progress
 from trustregion_lab._io import atomic_torch_save
 from trustregion_lab.envs.token_sequence import TokenSequenceTask
 from trustregion_lab.mismatch import sample_categorical
 from trustregion_lab.policies import DecoderTransformer
 from trustregion_lab.policies.decoding import KVCacheDecoder, decode_answers
+from trustregion_lab.train.safe_load import safe_torch_load
 
 # bumped whenever DecoderTransformer's parameters change meaning, so older cache files are never loaded
 ARCHITECTURE = "decoder-transformer/2"
+# /2: tensors and plain types only (read with weights_only=True); files without a format are rebuilt
+CACHE_FORMAT = "trustregion_lab.warm_start/2"
 
 __all__ = ["cache_folder", "evaluate_answers", "warm_start", "warm_start_cached"]
 
@@ -83,7 +91,7 @@ def warm_start(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     prompt_length = task.prompt_length
     loss_value = float("nan")
-    for _ in range(steps):
+    for step in range(steps):
         prompts = task.sample_prompts(rng, batch_size)
         targets = task.demonstrations(rng, prompts)  # scratchpad (if any), the correct answer, EOS, PAD
         random_ids = rng.integers(task.symbol_offset, task.vocab_size, targets.shape)
@@ -101,6 +109,7 @@ def warm_start(
         loss.backward()
         optimizer.step()
         loss_value = float(loss.detach())
+        progress.report("warm start", step + 1, steps, {"loss": loss_value})
     eval_prompts = task.sample_prompts(np.random.default_rng([seed, 0xE7]), 256)
     return {
         "warm_start_loss": loss_value,
@@ -124,23 +133,30 @@ def warm_start_cached(
     """``warm_start`` with a cache: ``key`` (a JSON-able dict of everything that shapes the result) is hashed;
     a hit loads the weights into ``model``, a miss trains and stores them. Returns the stats (with ``cached``)."""
     full_key = {**key, "steps": steps, "lr": lr, "batch_size": batch_size, "noise": noise, "seed": seed}
-    full_key["torch"] = torch.__version__
+    full_key["torch"] = str(torch.__version__)  # a plain str (TorchVersion is not weights-only loadable)
     full_key["architecture"] = ARCHITECTURE
     full_key["threads"] = torch.get_num_threads()  # kernels sum in another order with another thread count
     digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_folder(cache_dir) / f"warm_start-{digest}.pt"
     if path.exists():
         try:
-            stored = torch.load(path, map_location="cpu", weights_only=False)
+            stored = safe_torch_load(path, what="warm-start cache")
+            if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT:
+                raise ValueError(f"warm-start cache {path} has an older format")
             model.load_state_dict(stored["model"])
+            progress.report("warm start", steps, steps, {"cached": 1.0})
             return {**stored["stats"], "cached": 1.0}
-        except Exception as exc:  # truncated or foreign file: rebuild it
-            warnings.warn(
-                f"warm-start cache {path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        except Exception as exc:  # truncated, foreign, older or unsafe file: rebuild it
+            warnings.warn(f"unreadable warm-start cache, rebuilding it: {exc}", RuntimeWarning, stacklevel=2)
     stats = warm_start(model, task, steps=steps, lr=lr, batch_size=batch_size, noise=noise, seed=seed)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"model": state, "stats": stats, "key": full_key}, path)
+    stored = {"format": CACHE_FORMAT, "model": state, "stats": stats, "key": full_key}
+    try:
+        atomic_torch_save(stored, path)
+    except OSError as exc:
+        warnings.warn(
+            f"cannot write the warm-start cache {path} ({exc.strerror or exc}); continuing without it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return {**stats, "cached": 0.0}
