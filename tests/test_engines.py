@@ -210,6 +210,7 @@ def test_start_metrics_equal_a_float64_reference():
         advantages=torch.zeros(b),
         old_logits=torch.from_numpy(old_logits),
         old_logprob=torch.from_numpy(pick(lpi).astype(np.float32)),
+        inputs=torch.arange(b),
     )
     got = start_metrics(batch)
     p, q = np.exp(lpi)[resp], np.exp(lmu)[resp]

@@ -14,7 +14,7 @@ import pytest
 from scipy.special import log_softmax
 
 from trustregion_lab import explore
-from trustregion_lab.analysis import MaskSpec, calibration_table, make_token_batch
+from trustregion_lab.analysis import BatchMaskSpec, calibration_table, make_token_batch
 from trustregion_lab.envs.logit_model import llm_like_logits
 
 # --- 01 -----------------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_matched_delta_at_rises_with_epsilon_and_sorts_buckets_numerically() -> 
     )
     table = calibration_table(
         batch,
-        (MaskSpec("dppo_binary_tv", 0.0, 0.0),),
+        (BatchMaskSpec("dppo_binary_tv", 0.0, 0.0),),
         thresholds=tuple(np.round(np.arange(0.0, 0.5001, 0.005), 3)),
         epsilons=(0.05, 0.2, 0.4),
     )

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("losses",),
     ("mismatch", "policies", "envs"),
     (PACKAGE,),
-    ("analysis", "conformance"),
+    ("analysis", "conformance", "exercises", "explore"),
     ("report",),
     ("train",),
     ("plots",),

@@ -635,6 +635,7 @@ def _pooling_batch(rng: np.random.Generator, rows: int = 11, t: int = 10, v: int
         response_mask=torch.tensor(np.arange(t)[None, :] < lengths[:, None]),
         rewards=torch.zeros(rows),
         advantages=torch.tensor(advantages, dtype=torch.float32),
+        inputs=torch.arange(rows),
     )
     return z, batch
 
