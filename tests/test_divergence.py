@@ -634,7 +634,8 @@ def test_chunk_elements_must_be_an_int(bad):
 def test_logprobs_requiring_grad_are_checked_without_warnings():
     from trustregion_lab._arrays import check_logprobs
 
-    lp = torch.log_softmax(torch.randn(4, 6), -1)[:, 0].clone().requires_grad_(True)
+    generator = torch.Generator().manual_seed(0)
+    lp = torch.log_softmax(torch.randn(4, 6, generator=generator), -1)[:, 0].clone().requires_grad_(True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = check_logprobs(lp, "logprob")
