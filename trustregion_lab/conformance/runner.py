@@ -584,6 +584,27 @@ def check_mask(
     low, high, params, anchor = _selection(low, high, params, anchor)
     topk_unused = check_choice("topk_unused", topk_unused, ("minus_one", "sentinel"))
     rows, checked, skipped = [], 0, []
+    selection = (method, low, high, params, anchor)
+    for case, anchor_name, lo, hi, expected, kwargs in _calls(
+        fn, adapter, cases, topk_unused, selection, skipped
+    ):
+        result, _ = _call(fn, adapter, kwargs, array)
+        got = _result_array(result, method, expected.shape, "bool")
+        got = ~got if output == "drop" else got
+        rows += _disagreements(case, method, lo, hi, anchor_name, got != expected, expected, got, None)
+        checked += expected.size
+    if not checked and not skipped:
+        raise ValueError(f"no reference case has expectations for method {method!r} and anchor {anchor!r}")
+    return _result(rows, checked, skipped)
+
+
+def _calls(
+    fn: Callable[..., Any], adapter: str, cases: Any, topk_unused: str, selection: tuple, skipped: list[str]
+) -> Iterator[tuple]:
+    """(case, anchor name, low, high, expected keep mask, fn's keyword arguments) for every expectation of the
+    selection (method, low, high, params, anchor) that can be run; the others are listed in ``skipped``."""
+    method, low, high, params, anchor = selection
+    build = _plain_arguments if adapter == "plain" else _verl_arguments
     for case in _cases(cases):
         x = _case_inputs(case, topk_unused)
         for anchor_name, lo, hi, p, expected in _expectations(case, method, low, high, params, anchor):
@@ -591,19 +612,11 @@ def check_mask(
             if expected is None:
                 skipped.append(f"{label}: a token sits on the threshold")
                 continue
-            build = _plain_arguments if adapter == "plain" else _verl_arguments
             kwargs = build(fn, x, anchor_name, lo, hi, p)
             if kwargs is None:
                 skipped.append(f"{label}: fn takes no old_logprob")
                 continue
-            result, _ = _call(fn, adapter, kwargs, array)
-            got = _result_array(result, method, expected.shape, "bool")
-            got = ~got if output == "drop" else got
-            rows += _disagreements(case, method, lo, hi, anchor_name, got != expected, expected, got, None)
-            checked += expected.size
-    if not checked and not skipped:
-        raise ValueError(f"no reference case has expectations for method {method!r} and anchor {anchor!r}")
-    return _result(rows, checked, skipped)
+            yield case, anchor_name, lo, hi, expected, kwargs
 
 
 def _selection(low: Any, high: Any, params: Any, anchor: Any) -> tuple:
@@ -661,42 +674,34 @@ def check_loss(
         )
     grad_name = "logprob" if adapter == "plain" else "log_prob"
     rows, checked, skipped, depends = [], 0, [], False
-    for case in _cases(cases):
-        x = _case_inputs(case, topk_unused)
+    selection = (method, low, high, params, anchor)
+    for case, anchor_name, lo, hi, keep, kwargs in _calls(
+        fn, adapter, cases, topk_unused, selection, skipped
+    ):
         mask, adv = case.inputs["response_mask"], case.inputs["advantages"]
         live = mask & (adv != 0)
         where = live | (mask & (adv == 0) if include_zero_advantage else False)
         where = where | (~mask if include_padding else False)
-        for anchor_name, lo, hi, p, keep in _expectations(case, method, low, high, params, anchor):
-            label = f"{case.name} {anchor_name} {lo:g}/{hi:g}"
-            if keep is None:
-                skipped.append(f"{label}: a token sits on the threshold")
-                continue
-            build = _plain_arguments if adapter == "plain" else _verl_arguments
-            kwargs = build(fn, x, anchor_name, lo, hi, p)
-            if kwargs is None:
-                skipped.append(f"{label}: fn takes no old_logprob")
-                continue
-            result, tracked = _call(fn, adapter, kwargs, "torch", grad_name)
-            loss = result[0] if isinstance(result, tuple | list) and result else result
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise TypeError(
-                    f"fn returned {type(loss).__name__}, expected a scalar torch tensor (or a tuple whose "
-                    "first element is one)"
-                )
-            if loss.is_complex():
-                raise TypeError("fn returned a complex loss, expected a real scalar")
-            if loss.requires_grad:
-                (grad,) = torch.autograd.grad(loss.reshape(()), tracked, allow_unused=True)
-            else:
-                grad = None
-            grad = np.zeros(keep.shape) if grad is None else grad.detach().to(torch.float64).numpy()
-            depends |= bool(np.any(grad != 0))
-            got = grad != 0
-            expected = keep & live
-            bad = where & ((got != expected) | ~np.isfinite(grad))
-            rows += _disagreements(case, method, lo, hi, anchor_name, bad, expected, got, None)
-            checked += int(where.sum())
+        result, tracked = _call(fn, adapter, kwargs, "torch", grad_name)
+        loss = result[0] if isinstance(result, tuple | list) and result else result
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise TypeError(
+                f"fn returned {type(loss).__name__}, expected a scalar torch tensor (or a tuple whose "
+                "first element is one)"
+            )
+        if loss.is_complex():
+            raise TypeError("fn returned a complex loss, expected a real scalar")
+        if loss.requires_grad:
+            (grad,) = torch.autograd.grad(loss.reshape(()), tracked, allow_unused=True)
+        else:
+            grad = None
+        grad = np.zeros(keep.shape) if grad is None else grad.detach().to(torch.float64).numpy()
+        depends |= bool(np.any(grad != 0))
+        got = grad != 0
+        expected = keep & live
+        bad = where & ((got != expected) | ~np.isfinite(grad))
+        rows += _disagreements(case, method, lo, hi, anchor_name, bad, expected, got, None)
+        checked += int(where.sum())
     if not checked and not skipped:
         raise ValueError(f"no reference case has expectations for method {method!r} and anchor {anchor!r}")
     if checked and not depends:
