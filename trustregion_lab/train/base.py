@@ -7,6 +7,8 @@ A step (``train_step``):
        (``old_logits``); it anchors the recompute variants, stands in for μ with the exact engine
        (``engine="none"``) and gives the step's equal-weight diagnostics (``step.start_metrics``);
     4. ``step.update``: epochs × mini-batches of the surrogate;
+    4b. the off-policy dose: one no-grad forward of the updated policy over the batch, π after the step against
+       μ (``after_metrics``: ``dose``, ``tv_after``; ``step.after_metrics``);
     5. every ``eval_every`` steps an evaluation (subclass), then one tidy row.
 
 A subclass sets ``policy``, ``optimizer``, ``rng`` (numpy Generator for contexts/prompts and mini-batch order),
@@ -76,6 +78,7 @@ ROW_COLUMNS = (
     "reward",
     *step_lib.START_METRICS,
     *step_lib.UPDATE_METRICS,
+    *step_lib.AFTER_METRICS,
     *TIMING_COLUMNS,
 )
 
@@ -221,6 +224,11 @@ class Trainer:
             rng=self.rng,
         )
 
+    @torch.no_grad()
+    def after_metrics(self, batch: RolloutBatch) -> dict[str, float]:
+        """Step 4b: π after the step's last update against μ (``step.after_metrics``: ``dose``, ``tv_after``)."""
+        return step_lib.after_metrics(batch, self._logits(batch.inputs))
+
     def train_step(self) -> dict[str, Any]:
         """One rollout batch and its optimisation; appends and returns the step's row."""
         start = time.perf_counter()
@@ -231,6 +239,7 @@ class Trainer:
         if self.export_dir is not None:
             self.export_tokens(batch)
         metrics = self.update(batch)
+        row_after = self.after_metrics(batch)
         done = time.perf_counter()
         self.step += 1
         evaluation = self.evaluate() if self.eval_due() else dict.fromkeys(self.eval_columns, math.nan)
@@ -249,6 +258,7 @@ class Trainer:
             "reward": float(batch.rewards.double().mean()),
             **row_start,
             **metrics,
+            **row_after,
             **evaluation,
             **self.row_extras(),
             "tokens_per_s": tokens / max(done - start, 1e-9),

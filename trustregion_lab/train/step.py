@@ -13,6 +13,12 @@ Fig. 3 metrics, verl's ``rollout_probs_diff_*``), before any update of the step;
     tv_exact_start, kl_exact_start = mean exact TV(μ, π), KL(μ‖π) per state,  entropy = mean H(π_old)
 (per state in float32, like the exact TV and KL of float32 logits; means in float64).
 With staleness > 0 the engine served older weights and these measure the staleness gap as well.
+
+``after_metrics`` measures the step's off-policy dose (docs/design.md §7): π is the policy after the step's last
+mini-batch update (one more no-grad forward over the batch), μ the engine's report, over response tokens:
+    dose = share of tokens with r = π(a)/μ(a) outside [0.8, 1.2],  tv_after = mean exact TV(μ, π) per state
+(π(a) from float32 logits, r in float64; the exact TV per state in float32, its mean in float64). It includes the
+staleness gap and the engine's own mismatch, as the update sees them.
 """
 
 from __future__ import annotations
@@ -29,7 +35,16 @@ from trustregion_lab.train.batch import RolloutBatch
 from trustregion_lab.train.config import TrainConfig
 from trustregion_lab.train.variants import Variant
 
-__all__ = ["START_METRICS", "UPDATE_METRICS", "MetricPool", "start_metrics", "update"]
+__all__ = [
+    "AFTER_METRICS",
+    "DOSE_BAND",
+    "START_METRICS",
+    "UPDATE_METRICS",
+    "MetricPool",
+    "after_metrics",
+    "start_metrics",
+    "update",
+]
 
 START_METRICS = (
     "mismatch_mean",
@@ -42,6 +57,9 @@ START_METRICS = (
     "entropy",
 )
 UPDATE_METRICS = (*DESIGN_METRICS, "tv_exact", "kl_exact", "grad_norm", "grad_norm_max", "loss")
+AFTER_METRICS = ("dose", "tv_after")
+# the ratio band π(a)/μ(a) inside which a token does not count towards the dose
+DOSE_BAND = (0.8, 1.2)
 # the denominator each policy_loss metric is pooled with over a step's mini-batches (ess: a plain mean)
 _POOLING_WEIGHT = {
     "mask_frac": "adv_tokens",
@@ -110,6 +128,27 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
         "kl_exact_start": float(kl.double().mean()),
         "entropy": float((-(logp.exp() * logp).sum(-1)).double().mean()),
     }
+
+
+@torch.no_grad()
+def after_metrics(batch: RolloutBatch, logits: torch.Tensor) -> dict[str, float]:
+    """The step's off-policy dose (module docstring) from π's logits `[B, T, V]` after the step's last update.
+
+    dose = #{response tokens: π(a)/μ(a) < 0.8 or > 1.2} / #response tokens, μ(a) = exp(``rollout_logprob``);
+    tv_after = mean over response tokens of the exact TV(μ, π) = ½ Σ_v |μ_v − π_v| (μ = softmax(rollout_logits)).
+    Only the response positions are read. NaN for a batch without response tokens.
+    """
+    mask = batch.response_mask
+    if not bool(mask.any()):
+        return dict.fromkeys(AFTER_METRICS, math.nan)
+    logits = logits.float()[mask]  # [n, V]
+    picked = logits.gather(-1, batch.tokens[mask].unsqueeze(-1)).squeeze(-1)
+    log_pi = picked.double() - torch.logsumexp(logits, -1).double()
+    ratio = torch.exp(log_pi - batch.rollout_logprob[mask].double())
+    low, high = DOSE_BAND
+    outside = (ratio < low) | (ratio > high)
+    tv = divergence.tv(batch.rollout_logits[mask], logits)
+    return {"dose": float(outside.double().mean()), "tv_after": float(tv.double().mean())}
 
 
 def update(
