@@ -374,3 +374,31 @@ def test_a_failing_warm_start_is_a_run_time_failure_in_one_line(tmp_path, capsys
     code, err = _exit([*SEQUENCE, "--steps", "1", "--cache-dir", str(tmp_path / "c")], capsys)
     assert code == 1 and err.count("\n") == 1
     assert err.endswith("failed while setting up the run: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+
+
+def test_a_run_that_exports_tokens_resumes_after_an_interruption_between_checkpoints(tmp_path, capsys):
+    """A step's table is written before its checkpoint: an interrupted run leaves tables of steps its checkpoint
+    does not hold. The same command resumes (those tables are written again) and the export equals an
+    uninterrupted run's, table for table; another run's tables are still refused."""
+    cfg = BanditConfig(
+        vocab_size=50,
+        num_contexts=4,
+        contexts_per_step=2,
+        group_size=4,
+        num_minibatches=1,
+        correct_rank_max=5,
+    )
+    cfg = BanditConfig(**{**cfg.__dict__, "steps": 6, "checkpoint_every": 3})
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    BanditTrainer(cfg, export_dir=resumed).train(tmp_path / "ck", stop_after=4)  # checkpoint at 3, table 4
+    assert sorted(p.name for p in resumed.iterdir())[-1] == "step_000004.parquet"
+    argv = [*BANDIT, "--steps", "6", "--checkpoint-every", "3", "--quiet"]
+    assert main([*argv, "--checkpoint-dir", str(tmp_path / "ck"), "--export-tokens", str(resumed)]) == 0
+    assert "removed 1 table(s) of steps after the checkpoint (step 3)" in capsys.readouterr().err
+    assert main([*argv, "--export-tokens", str(straight)]) == 0
+    names = sorted(p.name for p in straight.iterdir())
+    assert names == sorted(p.name for p in resumed.iterdir()) and len(names) == 6
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_parquet(resumed / name), pd.read_parquet(straight / name))
+    code, err = _exit([*argv, "--export-tokens", str(straight)], capsys)  # a new run into a full folder
+    assert code == 2 and "another run" in err

@@ -89,13 +89,16 @@ def token_table_path(folder: str | os.PathLike, step: int) -> Path:
     return Path(folder) / f"step_{int(step):06d}.parquet"
 
 
-def check_export_folder(folder: str | os.PathLike, *, first_step: int = 1) -> Path:
+def check_export_folder(folder: str | os.PathLike, *, first_step: int = 1, resuming: bool = False) -> Path:
     """Check a folder a trainer is about to export per-token tables into → its path.
 
     The folder must be new, empty, or hold only this run's own tables of steps before `first_step` (a run
-    resumed from a checkpoint at step `first_step` − 1). Anything else — another run's tables, tables of the
-    steps this run will write, other files — raises ValueError naming the folder and a file, so two runs are
-    never mixed in one export (the report would count both).
+    resumed from a checkpoint at step `first_step` − 1). With ``resuming=True`` tables of later steps are
+    accepted too: a run exports a step's table before its checkpoint is written, so an interrupted run leaves
+    the tables of steps its checkpoint does not hold; the resumed run writes them again (the caller removes
+    them first). Anything else — another run's tables, tables of the steps a new run will write, other files —
+    raises ValueError naming the folder and a file, so two runs are never mixed in one export (the report would
+    count both).
     """
     folder = Path(folder)
     if isinstance(first_step, bool) or not isinstance(first_step, int | np.integer) or first_step < 0:
@@ -107,8 +110,8 @@ def check_export_folder(folder: str | os.PathLike, *, first_step: int = 1) -> Pa
     for path in sorted(folder.iterdir()):
         name = path.name
         stem = name[len("step_") : -len(".parquet")] if name.startswith("step_") else ""
-        earlier = name.endswith(".parquet") and stem.isdigit() and int(stem) < first_step
-        if not earlier and not name.startswith("."):
+        ours = name.endswith(".parquet") and stem.isdigit() and (resuming or int(stem) < first_step)
+        if not ours and not name.startswith("."):
             what = "a token table of another run (or of a step this run will write)" if stem else "a file"
             raise ValueError(
                 f"--export-tokens {folder} already holds {what}: {name}; the report would mix two runs: "

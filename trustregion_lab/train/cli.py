@@ -201,6 +201,24 @@ def check_cache_folder(config: TrainConfig) -> None:
     check_writable_folder(cache_folder(config.cache_dir), what)
 
 
+def _prepare_export_folder(folder: Path, step: int, *, resumed: bool) -> None:
+    """Refuse an export folder holding another run's tables; on resume, remove this run's tables of the steps
+    after the checkpoint (exported before the interruption, written again by the resumed run)."""
+    from trustregion_lab.report.table import check_export_folder
+
+    check_export_folder(folder, first_step=step + 1, resuming=resumed)
+    if resumed and folder.is_dir():
+        later = [p for p in folder.glob("step_*.parquet") if p.stem[5:].isdigit() and int(p.stem[5:]) > step]
+        for path in later:
+            path.unlink()
+        if later:
+            print(
+                f"--export-tokens: removed {len(later)} table(s) of steps after the checkpoint (step {step}); "
+                "the resumed run writes them again",
+                file=sys.stderr,
+            )
+
+
 class ProgressPrinter:
     """A progress sink (``trustregion_lab.progress``) printing one line at each multiple of ``every`` units of a
     stage, and at its first and last report, to ``stream``; it also remembers the last report (for the Ctrl-C line).
@@ -355,10 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 checkpoint = Path(args.checkpoint_dir) / CHECKPOINT_NAME if args.checkpoint_dir else None
                 if checkpoint is not None and checkpoint.exists():
                     trainer.load_checkpoint(checkpoint)
-                if args.export_tokens:  # a resumed run may hold its own earlier steps there, nothing else
-                    from trustregion_lab.report.table import check_export_folder
-
-                    check_export_folder(args.export_tokens, first_step=trainer.step + 1)
+                if args.export_tokens:  # a resumed run may hold its own steps there, nothing else
+                    _prepare_export_folder(Path(args.export_tokens), trainer.step, resumed=trainer.step > 0)
             except (ValueError, TypeError) as exc:  # the request (a device, an engine, a checkpoint) is wrong
                 parser.exit(EXIT_BAD_REQUEST, f"{prog}: error: {exc}\n")
             except (RuntimeError, OSError) as exc:  # the warm start or the prompt pool failed
