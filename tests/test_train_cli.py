@@ -123,6 +123,22 @@ def test_the_printer_reports_seconds_per_step_over_the_steps_since_its_last_line
     assert printer.last.done == 7
 
 
+def test_the_printer_says_n_a_for_nothing_measured_and_times_answers_per_answer():
+    import io
+
+    from trustregion_lab.progress import Progress
+
+    stream = io.StringIO()
+    printer = ProgressPrinter(1, stream)
+    printer(Progress("train", 0, 2, {"mask_frac": float("nan")}))
+    printer(Progress("train", 1, 2, {"mask_frac": 0.5}))
+    printer(Progress("prompt pool", 0, 8))
+    printer(Progress("prompt pool", 8, 8))
+    lines = stream.getvalue().splitlines()
+    assert "mask n/a" in lines[0] and "nan" not in lines[0] and "mask 0.5" in lines[1]
+    assert lines[1].endswith("s/step") and lines[3].endswith("s/answer"), lines
+
+
 # ----------------------------------------------------------------------------------------------- Ctrl-C
 def _interrupt(argv: list[str], after: str, *, script: str | None = None) -> subprocess.CompletedProcess:
     """Start the CLI, wait (at most 120 s) for a stderr line containing ``after``, send SIGINT, and return the

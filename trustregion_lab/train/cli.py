@@ -262,9 +262,12 @@ class ProgressPrinter:
             parts.append("loaded from the cache")
         for key, label in self.LABELS:
             if key in report.metrics:
-                parts.append(f"{label} {report.metrics[key]:.4g}")
+                value = report.metrics[key]
+                # NaN: nothing to measure this step (e.g. no token with Â ≠ 0 for a mask rate)
+                parts.append(f"{label} n/a" if value != value else f"{label} {value:.4g}")
         if previous is not None and report.done > previous[0]:
-            parts.append(f"{(now - previous[1]) / (report.done - previous[0]):.3g} s/step")
+            unit = "answer" if report.stage == "prompt pool" else "step"
+            parts.append(f"{(now - previous[1]) / (report.done - previous[0]):.3g} s/{unit}")
         self._printed[report.stage] = (report.done, now)
         print("  ".join(parts), file=self.stream or sys.stderr, flush=True)
 

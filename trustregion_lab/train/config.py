@@ -42,11 +42,9 @@ class TrainConfig:
     """Fields shared by both trainers (GRPO-style groups, several mini-batches per rollout batch)."""
 
     variant: str = _f("ppo", "trust-region variant: a name of trustregion_lab.train.variants.VARIANTS")
-    low: float | None = _f(None, "lower threshold (ε_low or δ); default: the variant's")
-    high: float | None = _f(None, "upper threshold (ε_high or δ); default: the variant's")
-    ratio_cap: float | None = _f(
-        None, "cap C on the importance ratio π/μ (inf = none); default: the variant's"
-    )
+    low: float | None = _f(None, "lower threshold (ε_low or δ)")
+    high: float | None = _f(None, "upper threshold (ε_high or δ)")
+    ratio_cap: float | None = _f(None, "cap C on the importance ratio π/μ (inf = none)")
     agg: str = _f("token-mean", f"loss aggregation, one of {list(AGGREGATIONS)}")
     steps: int = _f(100, "rollout batches (training steps)")
     group_size: int = _f(16, "samples per prompt/context (GRPO group), >= 2")

@@ -174,7 +174,7 @@ class SequenceTrainer(Trainer):
 
     @torch.no_grad()
     def served_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.served(inputs)[:, self.task.prompt_length - 1 :]
+        return self.served(inputs, start=self.task.prompt_length - 1)
 
     def eval_due(self) -> bool:
         every = self.config.eval_every
