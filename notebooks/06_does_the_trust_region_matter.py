@@ -38,7 +38,7 @@
 #
 # **Run time and sizes.** The notebook only reads CSV files: it runs top to bottom in about 15 s on 2 CPU
 # cores. There is nothing to size, so `FULL = True` changes nothing here; the study itself is
-# `python -m trustregion_lab.sweep --preset stability --jobs 2` (54 minutes on 2 cores, README). The control in
+# `python -m trustregion_lab.sweep --preset stability --jobs 2` (its time is in `--list-presets`). The control in
 # section 2 needs ipywidgets (in the `[notebook]` extra); without a browser the notebook shows its default setting.
 
 # %%
