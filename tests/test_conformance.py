@@ -877,6 +877,9 @@ def test_every_correction_rule_passes_its_conformance_rule(method):
     bad = check_mask(fn, method)
     assert bad.empty and bad.attrs["checked"] > 100, bad.to_string()
     print(f"{method}: {bad.attrs['checked']} decisions, {len(bad)} disagreements")
+    loss = functools.partial(losses.policy_loss, method, agg="seq-mean-token-mean")  # the mask read from ∇
+    bad = check_loss(loss, method)
+    assert bad.empty and bad.attrs["checked"] > 100, bad.to_string()
 
 
 def test_every_correction_rule_has_a_conformance_rule():
