@@ -349,10 +349,18 @@ def test_prime_rl_style_ipo_and_token_mask_losses_pass():
         check_loss(ipo, "ipo")
 
     def token_mask(logprob, rollout_logprob, advantages, response_mask, low, high):
-        return _prime_rl_token_mask_loss(logprob, rollout_logprob, advantages, response_mask, low, high)
+        # prime-rl takes the absolute band [a, b]; the kit passes deviations from 1: a = 1 − low, b = 1 + high
+        return _prime_rl_token_mask_loss(
+            logprob, rollout_logprob, advantages, response_mask, 1 - low, 1 + high
+        )
 
     assert check_loss(token_mask, "token_mask").empty
     assert check_loss(token_mask, "icepop").empty  # the same rule at IcePop's band [0.5, 5]
+
+    def absolute(logprob, rollout_logprob, advantages, response_mask, low, high):  # bounds not converted
+        return _prime_rl_token_mask_loss(logprob, rollout_logprob, advantages, response_mask, low, high)
+
+    assert len(check_loss(absolute, "token_mask")) > 0
 
 
 def test_prime_rl_style_wrong_variants_fail():
@@ -443,9 +451,9 @@ def test_trl_style_losses_pass():
             logprob, logprob.detach(), rollout_logprob, advantages, response_mask, cap=3.0
         )
 
-    # TRL's sequence mask is one-sided: seq_mis with an empty lower side
-    assert check_loss(sequence_mask, "seq_mis", low=0.0, high=3.0).empty
-    assert len(check_loss(sequence_mask, "seq_mis", low=0.5, high=2.0)) > 0  # a two-sided band: another rule
+    # TRL's sequence mask is one-sided: seq_mis with an empty lower side (R < 1 − 1 never), R ≤ 3 = 1 + 2
+    assert check_loss(sequence_mask, "seq_mis", low=1.0, high=2.0).empty
+    assert len(check_loss(sequence_mask, "seq_mis", low=0.5, high=1.0)) > 0  # a two-sided band: another rule
 
 
 def test_trl_style_wrong_variants_fail():
@@ -488,7 +496,7 @@ def test_skyrl_style_losses_pass_and_a_wrong_sign_fails():
         # its sequence mask compares π_old with μ: with π_old = π (a batch's first step) the kit's π-vs-μ rule
         old = logprob.detach()
         seq = torch.exp(((old - rollout_logprob) * response_mask).sum(-1, keepdim=True))
-        in_bounds = ((seq >= low) & (seq <= high)).to(logprob.dtype)
+        in_bounds = ((seq >= 1 - low) & (seq <= 1 + high)).to(logprob.dtype)  # SkyRL's bounds are absolute
         config = _SkyRLConfig(policy_loss_type="regular")
         return _skyrl_policy_loss(logprob, old, advantages * in_bounds, config, response_mask)
 
@@ -532,7 +540,7 @@ def test_sequence_rules_in_loss_form_pass():
     def seq_mis(logprob, rollout_logprob, advantages, response_mask, low, high):
         log_r = (logprob - rollout_logprob) * response_mask
         seq = torch.exp(log_r.sum(-1, keepdim=True))
-        keep = (seq >= low) & (seq <= high)
+        keep = (seq >= 1 - low) & (seq <= 1 + high)
         return _token_mean(-(torch.exp(logprob - rollout_logprob) * advantages) * keep, response_mask)
 
     assert check_loss(seq_mis, "seq_mis").empty
@@ -540,10 +548,11 @@ def test_sequence_rules_in_loss_form_pass():
     def geo(logprob, rollout_logprob, advantages, response_mask, low, high):
         log_r = (logprob - rollout_logprob) * response_mask
         mean = torch.exp(log_r.sum(-1, keepdim=True) / response_mask.sum(-1, keepdim=True).clamp(min=1))
-        keep = (mean >= low) & (mean <= high)
+        keep = (mean >= 1 - low) & (mean <= 1 + high)
         return _token_mean(-(torch.exp(logprob - rollout_logprob) * advantages) * keep, response_mask)
 
-    assert check_loss(geo, "seq_geo_mask").empty
+    assert check_loss(geo, "seq_geo_mis").empty
+    assert check_loss(geo, "seq_geo_mask").empty  # the former name, an alias
     assert len(check_loss(geo, "seq_mis")) > 0
 
     def opsm(logprob, rollout_logprob, advantages, response_mask, low, high):
@@ -830,7 +839,7 @@ def test_a_new_registry_method_gets_reference_decisions_from_its_fields(tmp_path
 def test_framework_rules_as_mask_functions():
     def icepop(logprob, rollout_logprob, low, high):  # numpy, True = keep
         ratio = np.exp(logprob - rollout_logprob)
-        return (ratio >= low) & (ratio <= high)
+        return (ratio >= 1 - low) & (ratio <= 1 + high)
 
     assert len(check_mask(icepop, "icepop")) > 0  # Â = 0 and padded tokens must be kept
     assert check_mask(
@@ -843,8 +852,57 @@ def test_framework_rules_as_mask_functions():
     def geo_drop(logprob, rollout_logprob, advantages, response_mask, low, high):  # a drop mask, torch
         n = response_mask.sum(-1, keepdim=True).clamp(min=1)
         mean = torch.exp(((logprob - rollout_logprob) * response_mask).sum(-1, keepdim=True) / n)
-        return ((mean < low) | (mean > high)) & response_mask & (advantages != 0)
+        return ((mean < 1 - low) | (mean > 1 + high)) & response_mask & (advantages != 0)
 
+    assert check_mask(geo_drop, "seq_geo_mis", output="drop", array="torch").empty
     assert check_mask(geo_drop, "seq_geo_mask", output="drop", array="torch").empty
     bad = check_mask(geo_drop, "seq_mis", output="drop", array="torch")
     assert len(bad) > 0 and (bad["check"] == "seq_mis").all()
+
+
+@pytest.mark.parametrize("method", sorted(set(masks.CORRECTION_METHODS) & set(methods())))
+def test_every_correction_rule_passes_its_conformance_rule(method):
+    def fn(logprob, rollout_logprob, advantages, response_mask, low, high, old_logprob):
+        return masks.correction_mask(
+            method,
+            logprob=logprob,
+            rollout_logprob=rollout_logprob,
+            advantages=advantages,
+            response_mask=response_mask,
+            low=low,
+            high=high,
+            old_logprob=old_logprob,
+        )
+
+    bad = check_mask(fn, method)
+    assert bad.empty and bad.attrs["checked"] > 100, bad.to_string()
+    print(f"{method}: {bad.attrs['checked']} decisions, {len(bad)} disagreements")
+    loss = functools.partial(losses.policy_loss, method, agg="seq-mean-token-mean")  # the mask read from ∇
+    bad = check_loss(loss, method)
+    assert bad.empty and bad.attrs["checked"] > 100, bad.to_string()
+
+
+def test_every_correction_rule_has_a_conformance_rule():
+    assert set(masks.CORRECTION_METHODS) <= set(methods())
+    assert "seq_geo_mask" not in methods()
+
+
+@pytest.mark.parametrize("method,high", [("icepop", 5.0), ("seq_mis", 2.0)])
+def test_the_cases_tell_the_band_bounds_apart(method, high):
+    """The shipped bounds are IcePop r ≤ 5 (high 4) and sequence MIS R ≤ 2 (high 1); a rule one above (r ≤ 6,
+    R ≤ 3) disagrees on the shipped cases, and passes when the check is told its bound."""
+
+    def fn(logprob, rollout_logprob, advantages, response_mask):
+        return masks.correction_mask(
+            method,
+            logprob=logprob,
+            rollout_logprob=rollout_logprob,
+            advantages=advantages,
+            response_mask=response_mask,
+            low=0.5,
+            high=high,
+        )
+
+    bad = check_mask(fn, method, anchor="rollout", low=0.5, high=high - 1.0)
+    assert len(bad) > 0 and set(bad["case"]) == {"band_edges"}, bad.to_string()
+    assert check_mask(fn, method, anchor="rollout", low=0.5, high=high).empty

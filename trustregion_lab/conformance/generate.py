@@ -5,7 +5,8 @@ shipped next to this module) or, with --check, verifies that the file equals a r
 are the definitions of `trustregion_lab.conformance.reference` (docs/design.md §2 written out in numpy; the
 project's own numerics are not imported). The methods checked are those of the mask registry
 (`trustregion_lab.masks.METHODS`, read through its fields: rule, divergence family, needs, min_anchor_prob) and
-the framework rules of `reference.FRAMEWORK_RULES`; adding a method to the registry adds its decisions here.
+the framework rules of `reference.FRAMEWORK_RULES` (bounds on a ratio as deviations from 1, as in the registry);
+adding a method to the registry adds its decisions here.
 Thresholds: the ratio rule at (0.2, 0.2) and (0.2, 0.28), TV estimates at (0.15, 0.15) and (0.1, 0.25), KL
 estimates at (0.05, 0.05) and (0.02, 0.08); a framework rule at its own pairs. Every case is drawn again
 (seed + 1000 n) until no deciding statistic lies within 1e-7 (relative) of its bound, so an implementation in
@@ -284,6 +285,20 @@ def build_cases() -> dict:
             "one advantage per sequence, per-sequence moves from 0.005 to 0.3: sequence rules on both sides",
             _sequences(np.array([0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.01]), 16, 16, 2.0, 4),
             21,
+        ),
+        _tie_free_case(
+            "band_edges",
+            "ratios just past the bands' bounds: r ≈ 5.5 and 0.45, R = Π r ≈ 2.5 and 0.45 (so IcePop's bound "
+            "5 differs from 6 and sequence MIS's 2 from 3)",
+            _pinned(
+                np.log(np.full((4, 4), 1e-3)),
+                np.log(np.array([[5.5, 1, 1, 1], [2.5**0.25] * 4, [0.45, 1, 1, 1], [0.45**0.25] * 4])),
+                12,
+                4,
+                "topk",
+                np.repeat(np.array([[1.0], [1.0], [-1.0], [-1.0]]), 4, axis=1),
+            ),
+            22,
         ),
     ]
     return {

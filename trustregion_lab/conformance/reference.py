@@ -18,16 +18,26 @@ The registry's methods (`trustregion_lab.masks.METHODS`) are read from their reg
                         `needs` (nothing more: Binary; top-K fields: Top-K; anchor logits: exact)
     rule "none":        keep all
     min_anchor_prob:    tokens with anchor(a) below it are never dropped (paper §6)
-The rules frameworks ship beyond the registry (`FRAMEWORK_RULES`; parameters in brackets):
-    dual_clip     PPO clip plus a bound on the Â < 0 side: also drop (Â < 0, r > c)  [clip_ratio_c = c > 1]
-                  (verl clip_ratio_c, SkyRL dual_clip, slime eps_clip_c; TRL's delta caps r on both sides)
+The rules frameworks ship beyond the registry (`FRAMEWORK_RULES`; parameters in brackets). A bound on a ratio
+is a deviation from 1, as in the registry (`trustregion_lab.masks.METHODS` and `CORRECTION_METHODS`): a
+framework's absolute band [a, b] on r, R or G is low = 1 − a, high = b − 1 (IcePop's [0.5, 5] is low 0.5,
+high 4). The rules named like a key of `masks.CORRECTION_METHODS` (icepop, seq_mis, seq_geo_mis, gspo) are that
+rule, at the same low/high:
+    dual_clip     PPO clip plus a bound on the Â < 0 side: also drop (Â < 0, r > c)  [clip_ratio_c = c > 1,
+                  absolute] (verl clip_ratio_c, SkyRL dual_clip, slime eps_clip_c; TRL's delta caps r on both
+                  sides)
     ipo           advantage-independent: drop if π(a) − μ(a) > high or μ(a) − π(a) > low  (prime-rl, 0.1)
-    icepop        advantage-independent: drop if r < low or r > high  ([0.5, 5], verl decoupled_token_icepop)
-    token_mask    the same band on r with prime-rl's token_mask_low/high ([0.125, 8])
+    icepop        advantage-independent: drop if r < 1 − low or r > 1 + high  ([0.5, 5] → (0.5, 4), verl
+                  decoupled_token_icepop)
+    token_mask    the same band on r with prime-rl's token_mask_low/high ([0.125, 8] → (0.875, 7))
     opsm          off-policy sequence masking: drop every token of a sequence when its Â < 0 and the sequence's
                   mean over its tokens of log μ(a) − log π(a) exceeds δ (= low = high)
-    seq_mis       sequence masked IS: drop the whole sequence when Π_t r_t lies outside [low, high] ([0.5, 2])
-    seq_geo_mask  the same with the geometric mean exp(mean_t log r_t) ([0.99, 1.01])
+    seq_mis       sequence masked IS: drop the whole sequence when R = Π_t r_t lies outside [1 − low, 1 + high]
+                  ([0.5, 2] → (0.5, 1))
+    seq_geo_mis   the same with the geometric mean G = exp(mean_t log r_t) ([0.99, 1.01] → (0.01, 0.01));
+                  ``seq_geo_mask`` is an alias of it (`ALIASES`)
+    gspo          GSPO's sequence clip as a mask: the PPO rule on G, per sequence: drop its tokens when
+                  (Â > 0, G − 1 > high) or (Â < 0, 1 − G > low)  ((3e-4, 4e-4), GSPO's ε)
 IS weights (`WEIGHTS`, capped at C, stop-gradient in a loss), `[B, T]`, the sequence forms broadcast over the
 sequence's tokens:  tis = min(r, C);  seq_is = min(Π_t r_t, C);  seq_geo_is = min(exp(mean_t log r_t), C).
 """
@@ -40,6 +50,7 @@ import numpy as np
 from scipy.special import log_softmax, logsumexp
 
 __all__ = [
+    "ALIASES",
     "FRAMEWORK_RULES",
     "WEIGHTS",
     "FrameworkRule",
@@ -174,10 +185,10 @@ FRAMEWORK_RULES: dict[str, FrameworkRule] = {
         "token", ((0.1, 0.1),), {}, "drop if π(a) − μ(a) > high or μ(a) − π(a) > low", "prime-rl IPO"
     ),
     "icepop": FrameworkRule(
-        "token", ((0.5, 5.0),), {}, "drop if r < low or r > high", "verl decoupled_token_icepop"
+        "token", ((0.5, 4.0),), {}, "drop if r < 1 − low or r > 1 + high", "verl decoupled_token_icepop"
     ),
     "token_mask": FrameworkRule(
-        "token", ((0.125, 8.0),), {}, "drop if r < low or r > high", "prime-rl token_mask_low/high"
+        "token", ((0.875, 7.0),), {}, "drop if r < 1 − low or r > 1 + high", "prime-rl token_mask_low/high"
     ),
     "opsm": FrameworkRule(
         "sequence",
@@ -187,16 +198,29 @@ FRAMEWORK_RULES: dict[str, FrameworkRule] = {
         "off-policy sequence masking",
     ),
     "seq_mis": FrameworkRule(
-        "sequence", ((0.5, 2.0),), {}, "drop a sequence with Π r outside [low, high]", "sequence masked IS"
-    ),
-    "seq_geo_mask": FrameworkRule(
         "sequence",
-        ((0.99, 1.01),),
+        ((0.5, 1.0),),
         {},
-        "drop a sequence with exp(mean log r) outside [low, high]",
+        "drop a sequence with Π r outside [1 − low, 1 + high]",
+        "sequence masked IS",
+    ),
+    "seq_geo_mis": FrameworkRule(
+        "sequence",
+        ((0.01, 0.01),),
+        {},
+        "drop a sequence with exp(mean log r) outside [1 − low, 1 + high]",
         "geometric-mean sequence mask",
     ),
+    "gspo": FrameworkRule(
+        "sequence",
+        ((3e-4, 4e-4), (0.02, 0.02)),
+        {},
+        "drop a sequence's tokens when (Â > 0, G > 1 + high) or (Â < 0, G < 1 − low), G = exp(mean log r)",
+        "GSPO sequence-ratio clip",
+    ),
 }
+ALIASES: dict[str, str] = {"seq_geo_mask": "seq_geo_mis"}
+"""Former names of rules, each mapped to its name now (the name of the same rule in `masks.CORRECTION_METHODS`)."""
 WEIGHTS: dict[str, str] = {
     "tis": "min(r, C) per token",
     "seq_is": "min(Π_t r_t, C) per sequence",
@@ -239,6 +263,7 @@ def keep_decisions(
     estimates: the reference divergences anchored on `anchor` (`divergences`), needed by the divergence rule.
     tie is True when a deciding statistic lies within TIE_MARGIN (relative) of its bound.
     """
+    method = ALIASES.get(method, method)
     params = params or {}
     comparisons: list[
         tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -276,7 +301,7 @@ def keep_decisions(
         diff = np.exp(lpi) - np.exp(anchor)
         comparisons += [(diff, np.full(r.shape, high), full), (-diff, np.full(r.shape, low), full)]
     elif method in ("icepop", "token_mask"):
-        comparisons += [(r, np.full(r.shape, high), full), (-r, np.full(r.shape, -low), full)]
+        comparisons += [(r - 1.0, np.full(r.shape, high), full), (1.0 - r, np.full(r.shape, low), full)]
     else:
         total, mean = _sequence_stats(anchor, lpi, mask)
         if method == "opsm":
@@ -285,7 +310,11 @@ def keep_decisions(
         else:
             log_stat = total if method == "seq_mis" else mean
             stat = np.broadcast_to(np.exp(log_stat)[:, None], r.shape)
-            comparisons += [(stat, np.full(r.shape, high), full), (-stat, np.full(r.shape, -low), full)]
+            up, down = (pos, neg) if method == "gspo" else (full, full)
+            comparisons += [
+                (stat - 1.0, np.full(r.shape, high), up),
+                (1.0 - stat, np.full(r.shape, low), down),
+            ]
     return _decide(comparisons, live, False)
 
 

@@ -159,7 +159,17 @@ def load_cases(path: str | Path | None = None) -> list[Case]:
 def methods() -> list[str]:
     """Every method the kit checks: the mask registry's (`trustregion_lab.masks.METHODS`), then the rules
     frameworks ship (`reference.FRAMEWORK_RULES`: dual_clip, ipo, icepop, token_mask, opsm, seq_mis,
-    seq_geo_mask)."""
+    seq_geo_mis, gspo).
+
+    icepop, seq_mis, seq_geo_mis and gspo are the rules of the same keys in `masks.CORRECTION_METHODS`, with
+    low/high in the registry's convention: deviations from 1, so a framework's absolute band [a, b] on the
+    statistic (r, R = Π_t r_t or G = exp(mean_t log r_t)) is low = 1 − a, high = b − 1 (IcePop [0.5, 5] →
+    (0.5, 4); sequence MIS [0.5, 2] → (0.5, 1); geometric band [0.99, 1.01] → (0.01, 0.01); token_mask
+    [0.125, 8] → (0.875, 7)); gspo drops a sequence's tokens where GSPO's clip of G at [1 − low, 1 + high] is
+    active for the sign of Â (PPO's rule on G). A function taking absolute bounds is checked through a wrapper
+    that passes a = 1 − low, b = 1 + high. The former name ``seq_geo_mask`` is accepted as an alias of
+    ``seq_geo_mis`` (`reference.ALIASES`) and is not listed.
+    """
     return ref.rule_names()
 
 
@@ -192,6 +202,8 @@ def _check_callable(fn: Any) -> None:
 
 
 def _check_method(method: Any) -> str:
+    if isinstance(method, str) and method in ref.ALIASES:
+        return ref.ALIASES[method]
     return check_choice("method", method, methods())
 
 
