@@ -384,3 +384,21 @@ def test_figure_tables_do_not_change_with_the_last_bit_of_a_sum(tmp_path):
     assert written[0] == written[1]
     np_back = pd.read_csv(tmp_path / "r0" / "figures" / "t.csv")
     assert abs(np_back["mean"].iloc[0] - 0.3) < 1e-12 and abs(np_back["small"].iloc[0] - 3e-10) < 1e-21
+
+
+# --------------------------------------------------------------------------------- a preset with no figures
+def test_cli_draws_nothing_for_a_preset_without_a_figure_function(tmp_path, monkeypatch, capsys):
+    """A preset missing from the figure registry (``figures`` None) "draws none": the sweep finishes with exit 0,
+    writes its table and no figures folder (it once raised after every run had finished)."""
+    from trustregion_lab.sweep import cli
+
+    preset = _counting_preset(tmp_path / "calls.log")
+    assert preset.figures is None
+    monkeypatch.setattr(cli, "available_presets", lambda: {preset.name: preset})
+    out = tmp_path / "out"
+    assert cli.main(["--preset", preset.name, "--out", str(out)]) == 0
+    assert len(_calls(tmp_path / "calls.log")) == 4  # 2 grid points × 2 seeds
+    assert (out / "table.csv").is_file()
+    assert not (out / "figures").exists() or not any((out / "figures").iterdir())
+    printed = capsys.readouterr().out
+    assert "4 runs" in printed and "figure:" not in printed

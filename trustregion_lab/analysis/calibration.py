@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from trustregion_lab import divergence as div
-from trustregion_lab import masks
+from trustregion_lab import masks, progress
 from trustregion_lab.analysis.buckets import DEFAULT_ENTROPY_EDGES, entropy_buckets
 from trustregion_lab.analysis.confusion import BatchMaskSpec
 from trustregion_lab.analysis.estimators import topk_estimates
@@ -104,6 +104,7 @@ def calibration_table(
     Rows with record "curve": method, mask, threshold, mask_rate (ppo included).
     Rows with record "match": mask, epsilon, ppo_mask_rate, matched_delta, reachable.
     Both carry analysis ("calibration"), stratum ("all" | "entropy"), bucket, bucket_lo, bucket_hi, n_tokens.
+    Progress: ``report("calibration", i, len(specs) + 2)`` after each method's critical thresholds and at the end.
     """
     valid = batch.advantages != 0
     w = np.where(valid, batch.weight, 0.0)
@@ -114,7 +115,10 @@ def calibration_table(
         ("entropy", entropy_group == b, h_b.labels[b], h_b.lo[b], h_b.hi[b]) for b in range(len(h_b.labels))
     ]
     ppo = BatchMaskSpec("ppo", 0.0, 0.0)
-    critical = {spec: batch_critical_thresholds(batch, spec) for spec in (ppo, *specs)}
+    critical = {}
+    for done, spec in enumerate((ppo, *specs), start=1):
+        critical[spec] = batch_critical_thresholds(batch, spec)
+        progress.report("calibration", done, len(specs) + 2)
     rows = []
     for stratum, members, label, lo, hi in strata:
         cell = members & valid
@@ -157,4 +161,5 @@ def calibration_table(
                         "reachable": reachable,
                     }
                 )
+    progress.report("calibration", len(specs) + 2, len(specs) + 2)
     return pd.DataFrame(rows)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import log_softmax
 
-from trustregion_lab import masks
+from trustregion_lab import masks, progress
 from trustregion_lab.analysis.buckets import (
     DEFAULT_ENTROPY_EDGES,
     DEFAULT_MU_EDGES,
@@ -155,7 +155,8 @@ def mask_confusion(
     reference, ref_low, ref_high, stratum, bucket, bucket_lo, bucket_hi, adv_sign, n_tokens, weight_share,
     mask_rate, ref_mask_rate, false_mask_rate, missed_mask_rate (shares of the cell's token weight),
     grad_share, grad_share_false, grad_share_missed (shares of the batch's total gradient mass). Empty cells are
-    left out. Tokens with Â = 0 are left out of every denominator.
+    left out. Tokens with Â = 0 are left out of every denominator. Each finished spec is reported on the progress
+    channel (``report("masks", i, len(specs))``).
     """
     valid = batch.advantages != 0
     w = np.where(valid, batch.weight, 0.0)
@@ -179,7 +180,8 @@ def mask_confusion(
     signs = {"all": valid, "pos": batch.advantages > 0, "neg": batch.advantages < 0}
     reference_cache: dict[BatchMaskSpec, np.ndarray] = {}
     rows = []
-    for spec in specs:
+    progress.report("masks", 0, len(specs))
+    for done, spec in enumerate(specs, start=1):
         ref_spec = _reference(spec, ppo_reference)
         if ref_spec not in reference_cache:
             reference_cache[ref_spec] = ~token_mask(batch, ref_spec)
@@ -223,4 +225,5 @@ def mask_confusion(
                             "grad_share_missed": grad[cell & missed_mask].sum() / total_grad,
                         }
                     )
+        progress.report("masks", done, len(specs))
     return pd.DataFrame(rows)

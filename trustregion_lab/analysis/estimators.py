@@ -13,6 +13,7 @@ Estimators (all computed by `trustregion_lab.divergence`):
     KL target: k1 = −log r and k3 = (r − 1) − log r (both unbiased for KL(μ‖π)), k2 = ½ (log r)² (biased),
                binary_kl (Eq. 14), topk_kl (Eq. 16) for each (set rule, K).
 Binary and Top-K are lower bounds of the exact divergence (data-processing inequality), so their bias is ≤ 0.
+`token_estimates` reports each estimator it has computed on the progress channel (``report("estimators", i, n)``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from trustregion_lab import divergence as div
+from trustregion_lab import progress
 from trustregion_lab.analysis.buckets import (
     DEFAULT_ENTROPY_EDGES,
     DEFAULT_MU_EDGES,
@@ -72,9 +74,12 @@ def token_estimates(batch: TokenBatch) -> list[tuple[str, str, int, np.ndarray]]
         ("k3", "", 0, np.asarray(div.kl_k3(lmu, lpi), np.float64)),
         ("binary_kl", "", 0, np.asarray(div.binary_kl(lmu, lpi), np.float64)),
     ]
+    total = len(out) + 2 * len(batch.topk_sets)
+    progress.report("estimators", len(out), total)
     for (rule, k), (ids, lps) in sorted(batch.topk_sets.items()):
         out.append(("topk_tv", rule, k, topk_estimates(div.topk_tv, batch, ids, lps)))
         out.append(("topk_kl", rule, k, topk_estimates(div.topk_kl, batch, ids, lps)))
+        progress.report("estimators", len(out), total)
     return out
 
 

@@ -10,6 +10,8 @@
 Every row carries ``analysis``; list-valued parameters are strings joined by "+" (e.g. ``topk_sizes="5+20"``),
 so that one command-line value holds them (``--grid topk_sizes=5+20,50``). `validate_analysis` checks a
 configuration without computing anything (the sweep calls it for every configuration before the first run);
+a run reports its progress on `trustregion_lab.progress` (the batch's parts as "batch V=<V>", then "estimators",
+"masks" or "calibration" steps, and "vocab scaling" after each vocabulary size), so the sweep's bar moves within it;
 the figure function of each preset is ``trustregion_lab.plots.PRESET_FIGURES[name]`` (attached by the sweep).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from trustregion_lab import progress
 from trustregion_lab._validate import check_choice, check_int, check_real
 from trustregion_lab.analysis.calibration import (
     batch_critical_thresholds,
@@ -190,13 +193,15 @@ def run_analysis(config: dict, seed: int) -> pd.DataFrame:
     analysis = config["analysis"]
     if analysis == "vocab-scaling":
         tables = []
-        for vocab_size in _int_list(config["scaling_vocab_sizes"], "scaling_vocab_sizes"):
+        sizes = _int_list(config["scaling_vocab_sizes"], "scaling_vocab_sizes")
+        for vocab_size in sizes:
             states = _scaled_num_states(int(config["num_states"]), vocab_size)
             table = estimator_report(_batch(config, seed, vocab_size, states))
             table = table[table["stratum"] == "all"].assign(
                 analysis="vocab-scaling", vocab_size=vocab_size, num_states=states
             )
             tables.append(table)
+            progress.report("vocab scaling", len(tables), len(sizes))
         return pd.concat(tables, ignore_index=True)
     batch = _batch(config, seed)
     if analysis == "estimators":

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "CALIBRATION_WINDOW",
     "CLAIM_SEEDS",
     "DPPO_ARMS",
     "NOT_JUDGED",
@@ -57,6 +58,7 @@ EVAL_DROP = 0.1
 EVAL_WINDOW = 3
 STABLE_MARGIN = 0.02
 REWARD_WINDOW = 25
+CALIBRATION_WINDOW = 10  # the protocol's phase A rule: a setting's 10-step mean reward lies in [0.2, 0.8]
 BLOCK = 100
 CLAIM_SEEDS = 3  # a claim is judged only when each arm it names has this many seeds
 NOT_JUDGED = "n/a"  # the verdict of a claim the runs are too few to judge

@@ -13,6 +13,8 @@
    one simulated policy-gradient step per state on the sampled tokens (see `simulated_update`) with a step
    size η_s drawn log-uniformly over `step_decades` decades centred on `step_size`, so the batch spans states
    barely moved to states pushed far out of any trust region.
+Each of the five parts (states, engine μ, tokens, update, Top-K sets) is reported on the progress channel as
+``report("batch V=<vocab_size>", part, 5)``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from scipy.special import log_softmax
 
+from trustregion_lab import progress
 from trustregion_lab.analysis.tokens import SET_RULES, TokenBatch, sampled_tokens, simulated_update
 from trustregion_lab.envs.logit_model import llm_like_logits
 from trustregion_lab.mismatch import ENGINE_PRESETS, RolloutEngine, sample_categorical
@@ -73,15 +76,20 @@ def make_token_batch(
     for k in topk_sizes:
         if not 1 <= k <= vocab_size:
             raise ValueError(f"topk_sizes must lie in [1, vocab_size={vocab_size}], got {k}")
+    stage = f"batch V={vocab_size}"
+    progress.report(stage, 0, 5)
     seeds = np.random.SeedSequence(int(seed)).spawn(3)
     rng_states, rng_tokens, rng_update = (np.random.default_rng(s) for s in seeds)
     trainer_logits = llm_like_logits(rng_states, num_states, vocab_size, family=family)
+    progress.report(stage, 1, 5)
     engine_seed = int(np.random.SeedSequence(int(seed)).generate_state(1)[0] >> 1)
     rollout_logits = np.asarray(
         RolloutEngine(ENGINE_PRESETS[engine], engine_seed).engine_logits(trainer_logits)
     )
+    progress.report(stage, 2, 5)
     tokens = sample_from_logits(rng_tokens, rollout_logits, samples_per_state)
     rollout_logprob = np.take_along_axis(rollout_logits, tokens, axis=-1).astype(np.float32)
+    progress.report(stage, 3, 5)
     advantages = rng_update.standard_normal(tokens.shape)
     if perturbation == "update":
         half_width = 0.5 * step_decades * np.log(10.0)
@@ -89,7 +97,8 @@ def make_token_batch(
         logits = simulated_update(trainer_logits, tokens, advantages, eta).astype(np.float32)
     else:
         logits = np.asarray(trainer_logits, np.float32)
-    return sampled_tokens(
+    progress.report(stage, 4, 5)
+    batch = sampled_tokens(
         rollout_logits,
         logits,
         tokens,
@@ -98,3 +107,5 @@ def make_token_batch(
         topk_sizes=list(topk_sizes),
         set_rules=list(set_rules),
     )
+    progress.report(stage, 5, 5)
+    return batch

@@ -36,7 +36,6 @@ from trustregion_lab.plots.common import (
 from trustregion_lab.plots.training import training_figures
 
 __all__ = [
-    "CALIBRATION_WINDOW",
     "PAPER_MISMATCH_END",
     "PAPER_MISMATCH_START",
     "plot_stability",
@@ -47,7 +46,6 @@ __all__ = [
 
 PAPER_MISMATCH_START = 0.004  # the paper's Fig. 3: mean |π − μ| at the start (docs/design.md §6)
 PAPER_MISMATCH_END = (0.011, 0.018)  # ... and where PG-IS, CISPO and MiniRL took it before collapsing
-CALIBRATION_WINDOW = 10  # phase A's rule: the 10-step mean reward lies in [0.2, 0.8] (train/stability.py)
 _COLUMNS = ("engine", "variant", "seed", "step", "reward", "mismatch_mean", "mismatch_max")
 
 
@@ -268,6 +266,8 @@ def stability_search_figures(table: pd.DataFrame, config_columns: Sequence[str] 
 def stability_calibration_figures(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Outputs:
     """The training curves and ``calibration.csv``: per setting, the share of steps whose 10-step mean reward
     lies in [0.2, 0.8] (the protocol's phase A rule), with the first and last 10 steps' means."""
+    from trustregion_lab.analysis.stability import CALIBRATION_WINDOW
+
     keys = [c for c in ("task", "lr", "seed") if c in table.columns]
     rows = []
     for key, run in table.sort_values([*keys, "step"]).groupby(keys):

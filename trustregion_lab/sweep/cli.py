@@ -225,7 +225,7 @@ def _run(
         return 1
     written: list[Path] = []
     drawn_since = time.time()
-    if not args.no_figures:
+    if not args.no_figures and preset.figures is not None:  # a preset with no figure function draws none
         from trustregion_lab import plots
 
         try:
