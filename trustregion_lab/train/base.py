@@ -168,6 +168,10 @@ class Trainer:
         """The rollout engine (the earlier name of ``engine``)."""
         return self.engine
 
+    @sampler.setter
+    def sampler(self, engine: Engine) -> None:
+        self.engine = engine
+
     def sync_engine(self) -> dict[str, torch.Tensor]:
         """Hand the engine its weights for this step: the current ones, or ``staleness`` steps old. Returns them."""
         self.stale.push(self.policy.state_dict())
