@@ -5,7 +5,8 @@ Each step: pick ``contexts_per_step`` contexts, sample ``group_size`` tokens per
 them with the bandit's verifiable reward, compute group advantages, then ``epochs × num_minibatches``
 optimiser steps (``trustregion_lab.train.step.update``). With one pass (one mini-batch, one epoch) and
 ``engine="none"`` every ratio π/μ is exactly 1 and no mask fires: the trust region only binds once the batch
-is reused. The model engines of the sequence trainer do not apply here (a table has no decode path).
+is reused. Engines whose registry entry does not list the bandit (the model engines: a table has no decode path)
+are refused.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from trustregion_lab.policies import TabularSoftmaxPolicy
 from trustregion_lab.train.base import Trainer, make_optimizer
 from trustregion_lab.train.batch import RolloutBatch, group_advantages
 from trustregion_lab.train.config import BanditConfig
-from trustregion_lab.train.engine import MODEL_ENGINES, TokenSampler
+from trustregion_lab.train.engine import make_engine
 
 __all__ = ["BanditTrainer"]
 
@@ -37,11 +38,9 @@ class BanditTrainer(Trainer):
     def __init__(self, config: BanditConfig, *, export_dir: str | Path | None = None) -> None:
         if not isinstance(config, BanditConfig):
             raise TypeError(f"config must be a BanditConfig, got {type(config).__name__}")
-        if config.engine in MODEL_ENGINES:
-            raise ValueError(
-                f"engine={config.engine!r} is a model engine of the sequence trainer; the bandit's engines are "
-                "'none', 'fp32', 'bf16', 'bf16_noisy' and 'moe'"
-            )
+        engine = make_engine(
+            config.engine, config.engine_topk, config.topk_rule, config.seed, trainer="bandit"
+        )
         super().__init__(config, export_dir=export_dir)
         self.problem = make_bandit_problem(
             vocab_size=config.vocab_size,
@@ -56,7 +55,7 @@ class BanditTrainer(Trainer):
         self.served = TabularSoftmaxPolicy(initial_logits).to(self.device)
         self.optimizer = make_optimizer(config, list(self.policy.parameters()))
         self.rng = np.random.default_rng([config.seed, 0xB4])
-        self.sampler = TokenSampler(config.engine, config.engine_topk, config.topk_rule, config.seed)
+        self.engine = engine
 
     @torch.no_grad()
     def collect(self) -> RolloutBatch:
@@ -66,7 +65,7 @@ class BanditTrainer(Trainer):
         size = min(cfg.contexts_per_step, cfg.num_contexts)
         chosen = self.rng.choice(cfg.num_contexts, size=size, replace=False)
         contexts = torch.as_tensor(np.repeat(chosen, cfg.group_size), dtype=torch.int64, device=self.device)
-        sample = self.sampler.sample(self.served(contexts))
+        sample = self.engine.sample(self.served(contexts))
         rewards = self.problem.clean_reward(contexts.cpu().numpy(), sample.tokens.cpu().numpy())
         return RolloutBatch(
             tokens=sample.tokens[:, None],

@@ -12,7 +12,7 @@ A step (``train_step``):
     5. every ``eval_every`` steps an evaluation (subclass), then one tidy row.
 
 A subclass sets ``policy``, ``optimizer``, ``rng`` (numpy Generator for contexts/prompts and mini-batch order),
-``sampler`` (a ``TokenSampler``) and implements ``collect()``, ``policy_logits(inputs)`` and
+``engine`` (an ``Engine``, built by ``trustregion_lab.train.engine.make_engine``) and implements ``collect()``, ``policy_logits(inputs)`` and
 ``served_logits(inputs)``. The batch carries everything the loss reads (``RolloutBatch.inputs`` included): no
 step reads state a previous ``collect()`` left on the trainer.
 
@@ -38,7 +38,7 @@ from trustregion_lab.policies import autocast, resolve_device
 from trustregion_lab.train import step as step_lib
 from trustregion_lab.train.batch import RolloutBatch
 from trustregion_lab.train.config import TrainConfig
-from trustregion_lab.train.engine import TokenSampler
+from trustregion_lab.train.engine import Engine
 from trustregion_lab.train.safe_load import safe_torch_load
 
 __all__ = [
@@ -105,7 +105,7 @@ class Trainer:
     policy: torch.nn.Module
     optimizer: torch.optim.Optimizer
     rng: np.random.Generator
-    sampler: TokenSampler
+    engine: Engine
 
     def __init__(self, config: TrainConfig, *, export_dir: str | Path | None = None) -> None:
         """``export_dir``: write every step's per-token table there (docs/design.md §8); None = don't."""
@@ -126,7 +126,7 @@ class Trainer:
 
     # subclasses -----------------------------------------------------------------------------------------
     def collect(self) -> RolloutBatch:
-        """Sample one rollout batch with ``self.sampler`` from the weights ``served_state`` holds."""
+        """Sample one rollout batch with ``self.engine`` from the weights ``served_state`` holds."""
         raise NotImplementedError
 
     def policy_logits(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -163,6 +163,15 @@ class Trainer:
         return batch
 
     # shared ---------------------------------------------------------------------------------------------
+    @property
+    def sampler(self) -> Engine:
+        """The rollout engine (the earlier name of ``engine``)."""
+        return self.engine
+
+    @sampler.setter
+    def sampler(self, engine: Engine) -> None:
+        self.engine = engine
+
     def sync_engine(self) -> dict[str, torch.Tensor]:
         """Hand the engine its weights for this step: the current ones, or ``staleness`` steps old. Returns them."""
         self.stale.push(self.policy.state_dict())
@@ -179,7 +188,7 @@ class Trainer:
         logits = self._logits(batch.inputs).float()
         batch.old_logits = logits
         batch.old_logprob = torch.log_softmax(logits, -1).gather(-1, batch.tokens.unsqueeze(-1)).squeeze(-1)
-        if self.config.engine == "none":
+        if self.engine.exact:
             served = logits if self.config.staleness == 0 else self.served_logits(batch.inputs).float()
             self.exact_engine_report(batch, served)
         return step_lib.start_metrics(batch)
@@ -232,7 +241,7 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One rollout batch and its optimisation; appends and returns the step's row."""
         start = time.perf_counter()
-        self.sampler.begin_step(self.step)
+        self.engine.begin_step(self.step)
         batch = self.collect()
         sampled = time.perf_counter()
         row_start = self.prepare(batch)

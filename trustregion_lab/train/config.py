@@ -18,7 +18,7 @@ from trustregion_lab.losses import AGGREGATIONS
 from trustregion_lab.mismatch import TOPK_RULES
 from trustregion_lab.policies.device import DEVICE_CHOICES
 from trustregion_lab.train.batch import ADVANTAGE_NORMS
-from trustregion_lab.train.engine import ENGINE_NAMES
+from trustregion_lab.train.engine import ENGINE_NAMES, ENGINES
 from trustregion_lab.train.variants import Variant, resolve_variant
 
 __all__ = ["BanditConfig", "SequenceConfig", "TrainConfig"]
@@ -89,7 +89,7 @@ class TrainConfig:
         check_real("adam_eps", self.adam_eps, positive=True)
         check_real("max_grad_norm", self.max_grad_norm, positive=True, allow_inf=True)
         check_choice("adv_norm", self.adv_norm, ADVANTAGE_NORMS)
-        check_choice("engine", self.engine, ENGINE_NAMES)
+        check_choice("engine", self.engine, tuple(ENGINES))
         check_int("engine_topk", self.engine_topk, 1)
         check_choice("topk_rule", self.topk_rule, TOPK_RULES)
         check_int("staleness", self.staleness, 0)

@@ -1,7 +1,8 @@
 """Sequence trainer: GRPO with the decoder transformer on the token-sequence task.
 
 Each step: ``prompts_per_step`` prompts, ``group_size`` answers each, decoded by the rollout engine with a KV
-cache (``trustregion_lab.policies.decoding.KVCacheDecoder``; batched over all B = prompts × group rows): the
+cache (the engine's ``prefill`` / ``decode_step``, a ``KVCacheDecoder`` in its ``decode_precision``; batched over
+all B = prompts × group rows): the
 model engines decode in their own precision and μ is the softmax of their logits; ``"none"`` and the logit
 simulators decode in fp32 and the simulators perturb each step's logits. Then verifier rewards, group
 advantages, and ``epochs × num_minibatches`` optimiser steps on the trainer's fp32 full forward. Positions
@@ -22,11 +23,10 @@ import torch
 
 from trustregion_lab.envs.token_sequence import TokenSequenceTask
 from trustregion_lab.policies import DecoderTransformer, TransformerConfig
-from trustregion_lab.policies.decoding import KVCacheDecoder
 from trustregion_lab.train.base import Trainer, make_optimizer
 from trustregion_lab.train.batch import RolloutBatch, group_advantages
 from trustregion_lab.train.config import SequenceConfig
-from trustregion_lab.train.engine import MODEL_ENGINES, TokenSampler
+from trustregion_lab.train.engine import make_engine
 from trustregion_lab.train.prompts import prompt_pool_cached
 from trustregion_lab.train.warm_start import evaluate_answers, warm_start_cached
 
@@ -113,7 +113,6 @@ class SequenceTrainer(Trainer):
             )
         self.warm_start_seconds = time.perf_counter() - start
         self.served = build_model(config, self.task, self.device)
-        self.decoder = KVCacheDecoder(self.served, MODEL_ENGINES.get(config.engine, "fp32"))
         self.optimizer = make_optimizer(config, list(self.policy.parameters()))
         self.rng = np.random.default_rng([config.seed, 0x5E])
         if self.pool is None:
@@ -122,14 +121,16 @@ class SequenceTrainer(Trainer):
             )
         else:  # held-out prompts of the pool's band, never trained on
             self.eval_prompts = self.pool.eval_prompts
-        self.sampler = TokenSampler(config.engine, config.engine_topk, config.topk_rule, config.seed)
+        self.engine = make_engine(
+            config.engine, config.engine_topk, config.topk_rule, config.seed, trainer="sequence"
+        )
 
     @torch.no_grad()
     def collect(self) -> RolloutBatch:
         """Decode one rollout batch with the engine at the served weights (module docstring)."""
         cfg, task = self.config, self.task
         self.served.load_state_dict(self.sync_engine())
-        self.decoder.load_weights(self.served)
+        self.engine.sync(self.served)
         if self.pool is None:
             chosen = task.sample_prompts(self.rng, cfg.prompts_per_step)
         else:
@@ -138,15 +139,15 @@ class SequenceTrainer(Trainer):
             ]
         prompts = np.repeat(chosen, cfg.group_size, axis=0)
         prompt_ids = torch.as_tensor(prompts, dtype=torch.int64, device=self.device)
-        logits = self.decoder.prefill(prompt_ids)
+        logits = self.engine.prefill(prompt_ids)
         samples, ended = [], torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=self.device)
         for t in range(task.answer_length):
-            sample = self.sampler.sample(logits)
+            sample = self.engine.sample(logits)
             samples.append(sample)
             ended |= sample.tokens == task.eos_id
             if bool(ended.all()) or t == task.answer_length - 1:
                 break
-            logits = self.decoder.step(sample.tokens)
+            logits = self.engine.decode_step(sample.tokens)
         tokens = torch.stack([s.tokens for s in samples], dim=1)
         is_eos = (tokens == task.eos_id).int()
         response_mask = (torch.cumsum(is_eos, dim=1) - is_eos) == 0
