@@ -65,7 +65,7 @@ def train_once(trainer: SequenceTrainer, batch: RolloutBatch, old: bool) -> tupl
     new_metrics: Callable[[RolloutBatch], dict[str, float]] = step_lib.start_metrics
     if old:
         start = trainer.task.prompt_length - 1
-        trainer.policy_logits = lambda rows: trainer.policy(trainer.inputs[rows])[:, start:]  # type: ignore[method-assign]
+        trainer.policy_logits = lambda inputs: trainer.policy(inputs)[:, start:]  # type: ignore[method-assign]
         step_lib.start_metrics = old_start_metrics
     try:
         begin = time.perf_counter()
