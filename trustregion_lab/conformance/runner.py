@@ -33,12 +33,7 @@ under its own name) and π(a), so a pattern (only Â = 0 tokens, only μ(a) → 
 
 from __future__ import annotations
 
-import inspect
-import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +41,8 @@ import pandas as pd
 
 from trustregion_lab._validate import check_bool, check_choice, check_real, check_threshold
 from trustregion_lab.conformance import reference as ref
-from trustregion_lab.conformance.data import DATA_FILE, VERSION
+from trustregion_lab.conformance.adapters import accepted, arguments, call, convert
+from trustregion_lab.conformance.data import Case, case_inputs, load_cases
 
 __all__ = [
     "DIVERGENCES",
@@ -85,7 +81,6 @@ below any threshold a mask uses (≥ 1e-3), and mask decisions are checked exact
 lies at least 1e-7 (relative) away from its threshold, so float32 decides each token the same way. Tokens with
 μ(a) → 1 and an empty rest bucket are out of float32's reach (1 − μ rounds to 0) under any preset.
 """
-SENTINEL_LOGIT = -1e4
 _COLUMNS = [
     "case",
     "check",
@@ -104,56 +99,6 @@ _COLUMNS = [
     "pi",
     "description",
 ]
-_TOPK_FIELDS = ("topk_ids", "rollout_topk_logprobs", "topk_logprobs", "logits", "rollout_logits")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One reference case: inputs (numpy arrays), expected divergences `[B, T]`, mask expectations (method,
-    low, high, anchor, params, keep `[B, T]`) and IS-weight expectations (kind, cap, value `[B, T]`)."""
-
-    name: str
-    description: str
-    inputs: dict[str, np.ndarray]
-    expected: dict[str, np.ndarray]
-    masks: tuple[dict, ...]
-    weights: tuple[dict, ...] = ()
-
-
-@lru_cache(maxsize=4)
-def _load(path: str) -> tuple[int, tuple[Case, ...]]:
-    try:
-        document = json.loads(Path(path).read_text())
-        version = int(document["version"])
-        raws = document["cases"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a conformance cases file ({exc})") from None
-    cases = []
-    for raw in raws:
-        inputs = {}
-        for key, value in raw["inputs"].items():
-            dtype = (
-                bool if key == "response_mask" else np.int64 if key in ("token", "topk_ids") else np.float64
-            )
-            inputs[key] = np.array(value, dtype=dtype)
-        expected = {key: np.array(value, np.float64) for key, value in raw["expected"].items()}
-        masks = tuple(
-            {**m, "params": dict(m.get("params", {})), "keep": np.array(m["keep"], bool)}
-            for m in raw["masks"]
-        )
-        weights = tuple({**w, "value": np.array(w["value"], np.float64)} for w in raw.get("weights", ()))
-        cases.append(Case(raw["name"], raw["description"], inputs, expected, masks, weights))
-    return version, tuple(cases)
-
-
-def load_cases(path: str | Path | None = None) -> list[Case]:
-    """The shipped reference cases (version `VERSION`), or those of another cases file (cases_v1.json too)."""
-    if path is not None and not isinstance(path, str | Path):
-        raise TypeError(f"path must be None, a str or a Path, got {type(path).__name__}")
-    version, cases = _load(str(path or DATA_FILE))
-    if path is None and version != VERSION:
-        raise ValueError(f"{DATA_FILE} holds version {version}, expected {VERSION}")
-    return list(cases)
 
 
 def methods() -> list[str]:
@@ -245,143 +190,6 @@ def _result_array(value: Any, name: str, shape: tuple[int, ...], kind: str) -> n
     if out.dtype.kind not in "iuf":
         raise TypeError(f"{name} returned dtype {out.dtype}, expected real numbers")
     return out.astype(np.float64)
-
-
-# ------------------------------------------------------------------------------------------ arguments
-
-
-def _signature(fn: Callable) -> tuple[dict[str, inspect.Parameter], bool] | None:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # builtins without a signature: pass everything
-        return None
-    return dict(params), any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _accepted(fn: Callable, names: list[str]) -> list[str]:
-    sig = _signature(fn)
-    if sig is None or sig[1]:
-        return names
-    return [n for n in names if n in sig[0]]
-
-
-def _required(fn: Callable, name: str) -> bool:
-    sig = _signature(fn)
-    if sig is None or name not in sig[0]:
-        return False
-    return sig[0][name].default is inspect.Parameter.empty and sig[0][name].kind not in (
-        inspect.Parameter.VAR_POSITIONAL,
-        inspect.Parameter.VAR_KEYWORD,
-    )
-
-
-def _sentinel(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Unused top-K slots (id −1) mapped to an appended vocabulary column with probability 0."""
-    from scipy.special import log_softmax
-
-    x = dict(inputs)
-    vocab = x["logits"].shape[-1]
-    unused = x["topk_ids"] < 0
-    for key, lp_key in (("logits", "topk_logprobs"), ("rollout_logits", "rollout_topk_logprobs")):
-        pad = np.full((*x[key].shape[:-1], 1), SENTINEL_LOGIT)
-        x[key] = np.concatenate([x[key], pad], -1)
-        column = log_softmax(x[key], -1)[..., vocab]
-        x[lp_key] = np.where(unused, column[..., None], x[lp_key])
-    x["topk_ids"] = np.where(unused, vocab, x["topk_ids"])
-    return x
-
-
-def _case_inputs(case: Case, topk_unused: str) -> dict[str, np.ndarray]:
-    return _sentinel(case.inputs) if topk_unused == "sentinel" else case.inputs
-
-
-def _convert(arrays: dict[str, Any], array: str, grad: str | None = None) -> dict[str, Any]:
-    if array == "numpy":
-        return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
-    import torch
-
-    out = {k: torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
-    if grad is not None:
-        out[grad] = out[grad].requires_grad_(True)
-    return out
-
-
-def _plain_arguments(
-    fn: Callable, x: dict[str, np.ndarray], anchor: str, low: float, high: float, params: dict
-) -> dict | None:
-    available = {
-        "logprob": x["logprob"],
-        "rollout_logprob": x["rollout_logprob"],
-        "advantages": x["advantages"],
-        "low": low,
-        "high": high,
-        "response_mask": x["response_mask"],
-        **{k: x[k] for k in _TOPK_FIELDS},
-        **params,
-    }
-    accepted = _accepted(fn, [*available, "old_logprob"])
-    if anchor == "recompute":
-        if "old_logprob" not in accepted:
-            return None
-        available["old_logprob"] = x["old_logprob"]
-    elif _required(fn, "old_logprob"):
-        available["old_logprob"] = x["rollout_logprob"]  # π_old = μ: no recompute
-    return {k: v for k, v in available.items() if k in accepted}
-
-
-_VERL_POSITIONAL = ("old_log_prob", "log_prob", "advantages", "response_mask")
-
-
-def _verl_arguments(
-    fn: Callable, x: dict[str, np.ndarray], anchor: str, low: float, high: float, params: dict
-) -> dict:
-    anchor_lp = x["old_logprob"] if anchor == "recompute" else x["rollout_logprob"]
-    optional = {
-        "low": low,
-        "high": high,
-        "clip_ratio_low": low,
-        "clip_ratio_high": high,
-        "cliprange_low": low,
-        "cliprange_high": high,
-        **params,
-    }
-    if anchor != "recompute" or _required(fn, "rollout_log_probs"):
-        optional["rollout_log_probs"] = x["rollout_logprob"]
-    keywords = {k: v for k, v in optional.items() if k in _accepted(fn, list(optional))}
-    return {
-        "old_log_prob": anchor_lp,
-        "log_prob": x["logprob"],
-        "advantages": x["advantages"],
-        "response_mask": x["response_mask"],
-        **keywords,
-    }
-
-
-def _missing(fn: Callable, adapter: str, kwargs: dict) -> list[str]:
-    """Parameters `fn` requires that the adapter does not pass."""
-    sig = _signature(fn)
-    if sig is None:
-        return []
-    names = list(sig[0])[len(_VERL_POSITIONAL) :] if adapter == "verl" else list(sig[0])
-    return [
-        n for n in names if _required(fn, n) and n not in kwargs and sig[0][n].kind.name != "POSITIONAL_ONLY"
-    ]
-
-
-def _call(fn: Callable, adapter: str, kwargs: dict, array: str, grad: str | None = None) -> tuple[Any, Any]:
-    """(fn's result, the tensor that carries the gradient or None)."""
-    missing = _missing(fn, adapter, kwargs)
-    if missing:
-        raise TypeError(
-            f"fn requires {', '.join(missing)}, which the {adapter!r} adapter does not pass here (it passes "
-            f"{', '.join(kwargs)}); give a rule parameter with params={{...}} or wrap fn"
-        )
-    converted = _convert(kwargs, array, grad)
-    tracked = converted[grad] if grad else None
-    if adapter == "plain":
-        return fn(**converted), tracked
-    positional = [converted.pop(k) for k in _VERL_POSITIONAL]
-    return fn(*positional, **converted), tracked
 
 
 # ------------------------------------------------------------------------------------------ expectations
@@ -500,9 +308,9 @@ def check_divergence(
     topk_unused = check_choice("topk_unused", topk_unused, ("minus_one", "sentinel"))
     rows, checked = [], 0
     for case in _cases(cases):
-        x = _case_inputs(case, topk_unused)
-        names = _accepted(fn, list(DIVERGENCES[quantity]))
-        kwargs = _convert({n: x[n] for n in names}, array)
+        x = case_inputs(case, topk_unused)
+        names = accepted(fn, list(DIVERGENCES[quantity]))
+        kwargs = convert({n: x[n] for n in names}, array)
         expected = case.expected[quantity]
         got = _result_array(fn(**kwargs), quantity, expected.shape, "real")
         where = case.inputs["response_mask"]
@@ -538,7 +346,7 @@ def check_weights(
     array = check_choice("array", array, ("numpy", "torch"))
     if cap is not None:
         cap = check_real("cap", cap, positive=True, allow_inf=True)
-    elif "cap" not in _accepted(fn, ["cap"]):
+    elif "cap" not in accepted(fn, ["cap"]):
         raise ValueError("fn takes no cap: pass cap=C, the cap your function applies")
     rows, checked = [], 0
     for case in _cases(cases):
@@ -546,10 +354,10 @@ def check_weights(
         caps = [cap] if cap is not None else sorted({w["cap"] for w in case.weights if w["kind"] == kind})
         for c in caps:
             expected = ref.weights(kind, x["rollout_logprob"], x["logprob"], x["response_mask"], c)
-            names = _accepted(fn, ["logprob", "rollout_logprob", "response_mask", "cap"])
+            names = accepted(fn, ["logprob", "rollout_logprob", "response_mask", "cap"])
             args = {"logprob": x["logprob"], "rollout_logprob": x["rollout_logprob"]}
             args |= {"response_mask": x["response_mask"], "cap": c}
-            value = fn(**_convert({n: args[n] for n in names}, array))
+            value = fn(**convert({n: args[n] for n in names}, array))
             shape = expected.shape
             if kind != "tis" and np.ndim(value) == 1:
                 shape = expected.shape[:1]
@@ -600,7 +408,7 @@ def check_mask(
     for case, anchor_name, lo, hi, expected, kwargs in _calls(
         fn, adapter, cases, topk_unused, selection, skipped
     ):
-        result, _ = _call(fn, adapter, kwargs, array)
+        result, _ = call(fn, adapter, kwargs, array)
         got = _result_array(result, method, expected.shape, "bool")
         got = ~got if output == "drop" else got
         rows += _disagreements(case, method, lo, hi, anchor_name, got != expected, expected, got, None)
@@ -616,15 +424,14 @@ def _calls(
     """(case, anchor name, low, high, expected keep mask, fn's keyword arguments) for every expectation of the
     selection (method, low, high, params, anchor) that can be run; the others are listed in ``skipped``."""
     method, low, high, params, anchor = selection
-    build = _plain_arguments if adapter == "plain" else _verl_arguments
     for case in _cases(cases):
-        x = _case_inputs(case, topk_unused)
+        x = case_inputs(case, topk_unused)
         for anchor_name, lo, hi, p, expected in _expectations(case, method, low, high, params, anchor):
             label = f"{case.name} {anchor_name} {lo:g}/{hi:g}"
             if expected is None:
                 skipped.append(f"{label}: a token sits on the threshold")
                 continue
-            kwargs = build(fn, x, anchor_name, lo, hi, p)
+            kwargs = arguments(fn, adapter, x, anchor_name, lo, hi, p)
             if kwargs is None:
                 skipped.append(f"{label}: fn takes no old_logprob")
                 continue
@@ -679,7 +486,7 @@ def check_loss(
     topk_unused = check_choice("topk_unused", topk_unused, ("minus_one", "sentinel"))
     check_choice("array", array, ("torch",))
     threshold_names = ("low", "high", "clip_ratio_low", "clip_ratio_high", "cliprange_low", "cliprange_high")
-    if low is None and high is None and method != "none" and not _accepted(fn, list(threshold_names)):
+    if low is None and high is None and method != "none" and not accepted(fn, list(threshold_names)):
         raise ValueError(
             "fn takes no thresholds (low/high, clip_ratio_low/high or cliprange_low/high): pass low=..., "
             "high=... to say which thresholds it implements"
@@ -694,7 +501,7 @@ def check_loss(
         live = mask & (adv != 0)
         where = live | (mask & (adv == 0) if include_zero_advantage else False)
         where = where | (~mask if include_padding else False)
-        result, tracked = _call(fn, adapter, kwargs, "torch", grad_name)
+        result, tracked = call(fn, adapter, kwargs, "torch", grad_name)
         loss = result[0] if isinstance(result, tuple | list) and result else result
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise TypeError(
