@@ -464,9 +464,7 @@ def plot_vocab_scaling(table: pd.DataFrame, config_columns: Sequence[str] = ()) 
                     stats.index,
                     stats["mean"],
                     label=label,
-                    color=style["color"],
-                    linestyle=style["linestyle"],
-                    marker=style["marker"],
+                    **style,  # colour, line style and marker (style_map)
                     markersize=5,
                 )
                 if (stats["count"] > 1).any():

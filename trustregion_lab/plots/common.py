@@ -217,9 +217,7 @@ def draw_lines(
             np.asarray(curve.index, dtype=float) + shift,
             curve.to_numpy(),
             label=(labels or {}).get(name, name),
-            color=style["color"],
-            linestyle=style["linestyle"],
-            marker=style["marker"],
+            **style,  # colour, line style and marker (style_map)
             markersize=5,
             linewidth=1.4,
         )

@@ -151,9 +151,7 @@ def plot_stability(
                     curve.index,
                     curve["mean"],
                     label=variant,
-                    color=style["color"],
-                    linestyle=style["linestyle"],
-                    marker=style["marker"],
+                    **style,  # colour, line style and marker (style_map)
                     markevery=(variants.index(variant) * every // len(variants), every),
                     markersize=5,
                     linewidth=1.4,

@@ -69,9 +69,7 @@ def plot_training(table: pd.DataFrame, config_columns: Sequence[str] = ()) -> Fi
                     curve.index,
                     curve["mean"],
                     label=facet,
-                    color=style["color"],
-                    linestyle=style["linestyle"],
-                    marker=style["marker"],
+                    **style,  # colour, line style and marker (style_map)
                     markevery=(facets.index(facet) * every // len(facets), every),
                     markersize=4,
                     linewidth=1.3,
