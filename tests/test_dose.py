@@ -11,18 +11,10 @@ import pytest
 import torch
 from scipy.special import log_softmax, softmax
 
-from trustregion_lab.train import BanditConfig, BanditTrainer, SequenceConfig, SequenceTrainer
+from tests.test_train import TINY_BANDIT, _tiny_sequence
+from trustregion_lab.train import BanditConfig, BanditTrainer, SequenceTrainer
 from trustregion_lab.train.base import ROW_COLUMNS, TIMING_COLUMNS, Trainer
 from trustregion_lab.train.step import AFTER_METRICS, DOSE_BAND
-
-TINY_BANDIT = dict(
-    vocab_size=40,
-    num_contexts=6,
-    contexts_per_step=4,
-    group_size=8,
-    correct_rank_max=3,
-    family="high_entropy",
-)
 
 
 def _bandit(**overrides) -> BanditTrainer:
@@ -30,24 +22,7 @@ def _bandit(**overrides) -> BanditTrainer:
 
 
 def _sequence(tmp_path, **overrides) -> SequenceTrainer:
-    values = dict(
-        task="copy",
-        vocab_size=40,
-        max_length=3,
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        d_ff=64,
-        prompts_per_step=4,
-        group_size=4,
-        num_minibatches=2,
-        steps=2,
-        warm_start_steps=30,
-        warm_start_batch=32,
-        engine="bf16",
-        cache_dir=str(tmp_path / "cache"),
-    )
-    return SequenceTrainer(SequenceConfig(**{**values, **overrides}))
+    return SequenceTrainer(_tiny_sequence(tmp_path, **{"steps": 2, **overrides}))
 
 
 def _capture(trainer: Trainer) -> list:
