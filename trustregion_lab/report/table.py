@@ -52,15 +52,8 @@ __all__ = [
 
 ROW_GROUP_ROWS = 1 << 18  # rows per Parquet row group: the unit a reader streams
 TOPK_MASS_TOLERANCE = 1e-2  # reported top-K probabilities may sum above 1 by low-precision rounding
-_CHUNK_OPTIONAL = (
-    "old_logprob",
-    "entropy",
-    "reward",
-    "is_weight",
-    "framework_masked",
-    "tv_exact",
-    "kl_exact",
-)
+# the optional float columns a chunk carries when present (the required ones it always carries)
+_CHUNK_OPTIONAL = tuple(c for c in FLOAT_COLUMNS if c not in REQUIRED_COLUMNS)
 
 
 def json_lines(path: Path, advance: Callable[[int], None] | None = None) -> Iterator[tuple[int, Any]]:
