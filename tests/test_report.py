@@ -365,7 +365,13 @@ def test_report_files_figures_and_verdicts(prime_rl_run):
     assert {"mismatch_by_step.png", "masks_by_mu.png", "sequence_is.png"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     card = (out / "report.md").read_text()
-    assert "rose" in card and "drops" in card and "![masks_by_mu.png](masks_by_mu.png)" in card
+    assert "drops" in card and "![masks_by_mu.png](masks_by_mu.png)" in card
+    # the trend verdict follows the per-step mismatch (first vs last step of this 5-step run), whatever the seed
+    steps = pd.read_csv(out / "by_step.csv")
+    mean = steps[steps["metric"] == "mismatch_mean"].dropna(subset=["value"]).sort_values("step")["value"]
+    ratio = mean.iloc[-1] / mean.iloc[0]
+    word = "rose" if ratio >= 1.5 else "fell" if ratio <= 1 / 1.5 else "stayed flat"
+    assert f"The mismatch (mean |π(a) − μ(a)|) {word}" in card, (ratio, card)
 
 
 # ---------------------------------------------------------------------------------------- converters
