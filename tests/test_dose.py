@@ -123,3 +123,20 @@ def test_rows_carry_the_dose_and_nothing_else_changes(monkeypatch):
     assert measured[list(AFTER_METRICS)].notna().all().all()
     np.testing.assert_array_equal(measured[keep].to_numpy(), again[keep].to_numpy())  # bit for bit
     np.testing.assert_array_equal(measured[rest].to_numpy(), without[rest].to_numpy())
+
+
+def test_dose_every_measures_on_its_steps_only_and_trains_the_same():
+    config = dict(seed=3, engine="bf16", lr=0.2, epochs=2, num_minibatches=2, steps=6)
+    every = _bandit(**config).train()
+    sparse = _bandit(**config, dose_every=3).train()
+    measured = sparse["step"] % 3 == 0
+    assert sparse.loc[measured, "step"].tolist() == [3, 6]
+    assert sparse.loc[~measured, list(AFTER_METRICS)].isna().all().all()
+    np.testing.assert_array_equal(
+        sparse.loc[measured, list(AFTER_METRICS)].to_numpy(),
+        every.loc[measured, list(AFTER_METRICS)].to_numpy(),
+    )
+    rest = [c for c in every.columns if c not in (*TIMING_COLUMNS, *AFTER_METRICS)]
+    np.testing.assert_array_equal(every[rest].to_numpy(), sparse[rest].to_numpy())
+    with pytest.raises(ValueError, match="dose_every"):
+        BanditConfig(**TINY_BANDIT, dose_every=0)

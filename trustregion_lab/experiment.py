@@ -46,6 +46,9 @@ class Preset:
         validate: ``validate(config: dict) -> None`` raising ``ValueError``/``TypeError`` (naming the parameter)
             for a configuration ``run`` cannot compute; called for every configuration when a sweep is planned.
             None: every configuration is accepted.
+        include: ``include(config: dict) -> bool``, which combinations of the grid the design holds (a study
+            that is not a full Cartesian product, e.g. some arms with one engine only); a combination it
+            rejects is not run. None: every combination.
         figures: ``figures(table, config_columns) -> {file name: Figure | DataFrame}``, drawing the preset's
             figures (and the tables behind them) from its merged table alone; ``config_columns`` names the
             preset's parameters present in the table. The names end in ``.png`` (a Figure) or ``.csv``
@@ -60,13 +63,14 @@ class Preset:
     seeds: int = 1
     validate: Callable[[dict], None] | None = None
     figures: FigureFunction | None = None
+    include: Callable[[dict], bool] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Preset name must be a non-empty string, got {self.name!r}")
         if not callable(self.run):
             raise TypeError(f"Preset {self.name!r}: run must be callable run(config, seed), got {self.run!r}")
-        for attribute in ("validate", "figures"):
+        for attribute in ("validate", "figures", "include"):
             value = getattr(self, attribute)
             if value is not None and not callable(value):
                 raise TypeError(f"Preset {self.name!r}: {attribute} must be callable or None, got {value!r}")

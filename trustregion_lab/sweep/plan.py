@@ -190,6 +190,10 @@ def _describe(grid: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     return ", ".join(f"{key}={config[key]!r}" for key in grid)
 
 
+def _describe_grid(grid: Mapping[str, Sequence[Any]]) -> str:
+    return ", ".join(f"{key}={','.join(map(str, values))}" for key, values in grid.items()) or "no grid"
+
+
 def _validate_configs(preset: Preset, grid: Mapping[str, Sequence[Any]], configs: list[dict]) -> None:
     """Run ``preset.validate`` on every configuration; the first failure (and how many fail) is reported."""
     if preset.validate is None:
@@ -240,6 +244,13 @@ def plan_sweep(
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
         raise SweepConfigError(f"seeds must be a positive integer, got {n_seeds!r}")
     configs = expand_grid(base, merged)
+    if preset.include is not None:
+        configs = [config for config in configs if preset.include(dict(config))]
+        if not configs:
+            raise SweepConfigError(
+                f"preset {preset.name!r} holds none of the requested combinations ({_describe_grid(merged)}); "
+                "nothing was run or written"
+            )
     _validate_configs(preset, merged, configs)
     runs = [
         RunSpec(config=config, seed=seed, run_id=run_id(config, seed))

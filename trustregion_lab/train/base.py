@@ -8,7 +8,8 @@ A step (``train_step``):
        (``engine="none"``) and gives the step's equal-weight diagnostics (``step.start_metrics``);
     4. ``step.update``: epochs × mini-batches of the surrogate;
     4b. the off-policy dose: one no-grad forward of the updated policy over the batch, π after the step against
-       μ (``after_metrics``: ``dose``, ``tv_after``; ``step.after_metrics``);
+       μ (``after_metrics``: ``dose``, ``tv_after``; ``step.after_metrics``), on the steps that are multiples of
+       ``config.dose_every`` (NaN on the others: the forward costs about a sixth of a step);
     5. every ``eval_every`` steps an evaluation (subclass), then one tidy row.
 
 A subclass sets ``policy``, ``optimizer``, ``rng`` (numpy Generator for contexts/prompts and mini-batch order),
@@ -248,7 +249,10 @@ class Trainer:
         if self.export_dir is not None:
             self.export_tokens(batch)
         metrics = self.update(batch)
-        row_after = self.after_metrics(batch)
+        if (self.step + 1) % self.config.dose_every == 0:
+            row_after = self.after_metrics(batch)
+        else:
+            row_after = dict.fromkeys(step_lib.AFTER_METRICS, math.nan)
         done = time.perf_counter()
         self.step += 1
         evaluation = self.evaluate() if self.eval_due() else dict.fromkeys(self.eval_columns, math.nan)

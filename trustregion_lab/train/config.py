@@ -67,6 +67,10 @@ class TrainConfig:
     device: str = _f("cpu", f"device, one of {list(DEVICE_CHOICES)}")
     bf16: bool = _f(False, "bf16 autocast for the trainer's forward pass (CUDA only)")
     checkpoint_every: int = _f(0, "write a checkpoint every this many steps (0 = never)")
+    dose_every: int = _f(
+        1,
+        "measure the off-policy dose (dose, tv_after: one more forward) every this many steps (NaN between)",
+    )
     threads: int = _f(1, "torch CPU threads for the run (0 = leave torch's setting)")
 
     def __post_init__(self) -> None:
@@ -102,6 +106,7 @@ class TrainConfig:
                 "float32 (a bf16 rollout engine is engine='model-bf16' or 'bf16')"
             )
         check_int("checkpoint_every", self.checkpoint_every, 0)
+        check_int("dose_every", self.dose_every, 1)
         check_int("threads", self.threads, 0)
         self.check_size()
 

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from trustregion_lab.experiment import Preset
-from trustregion_lab.train import stability
+from trustregion_lab.train import regime, stability
 from trustregion_lab.train.config import BanditConfig, SequenceConfig, TrainConfig
 
 __all__ = [
@@ -50,7 +50,7 @@ COMPARED_VARIANTS = (
     "minirl",
 )
 # run-level fields that are not experiment parameters
-_NOT_PARAMETERS = ("seed", "device", "bf16", "checkpoint_every", "cache_dir", "threads")
+_NOT_PARAMETERS = ("seed", "device", "bf16", "checkpoint_every", "dose_every", "cache_dir", "threads")
 
 BANDIT_SETTINGS: dict[str, Any] = {
     "family": "high_entropy",
@@ -122,6 +122,38 @@ def run_search_preset(config: dict[str, Any], seed: int) -> pd.DataFrame:
 
 def validate_search_preset(config: dict[str, Any]) -> None:
     validate_sequence_preset(_search_config(config))
+
+
+def _regime_defaults(settings: dict[str, Any], task: str, level: str) -> dict[str, Any]:
+    """SequenceConfig's parameters over ``settings``, less the fields the labels set, plus the two labels."""
+    values = _defaults(SequenceConfig, settings)
+    for key in regime.label_fields():
+        values.pop(key)
+    return {**values, "task_candidate": task, "dose_level": level}
+
+
+def run_regime_preset(config: dict[str, Any], seed: int, *, dose_every: int = 1) -> pd.DataFrame:
+    """One run of the regime map or its calibration: ``config`` holds SequenceConfig fields and the labels
+    ``dose_level`` (and ``task_candidate``), replaced by the fields they stand for
+    (``trustregion_lab.train.regime.regime_config``). The rows carry the values the run used (task, lr,
+    staleness, epochs), so tables and figures read the knobs from the table. ``dose_every``: measure the dose
+    every this many steps (a measurement interval, not an experiment parameter: the training is the same)."""
+    effective = regime.regime_config(config)
+    table = run_sequence_preset({**effective, "dose_every": dose_every}, seed)
+    for key in ("task", "min_length", "max_length", "lr", "staleness", "epochs"):
+        table[key] = effective[key]
+    return table
+
+
+def run_regime_map_preset(config: dict[str, Any], seed: int) -> pd.DataFrame:
+    """A run of ``regime-map``: ``run_regime_preset`` with the dose measured every
+    ``regime.MAP_DOSE_EVERY`` steps (the calibration measures it at every step)."""
+    return run_regime_preset(config, seed, dose_every=regime.MAP_DOSE_EVERY)
+
+
+def validate_regime_preset(config: dict[str, Any]) -> None:
+    """Build the run's SequenceConfig from its labels (ValueError naming a bad label or field); trains nothing."""
+    validate_sequence_preset(regime.regime_config(config))
 
 
 def validate_bandit_preset(config: dict[str, Any]) -> None:
@@ -201,5 +233,52 @@ PRESETS: list[Preset] = [
         },
         seeds=1,
         validate=validate_search_preset,
+    ),
+    Preset(
+        name="regime-calibration",
+        help="Phase A of the regime map: the dose ladder (L0-L7: lr, staleness, epochs) x the task candidates with "
+        "the ppo arm and the matched fp32 engine, seed 0, 300 steps; fixes the task and the map's dose levels.",
+        run=run_regime_preset,
+        defaults=_regime_defaults(
+            {**regime.REGIME_SETTINGS, "variant": "ppo"}, regime.TASK_CANDIDATES[0][0], regime.LADDER[0][0]
+        ),
+        grid={
+            "task_candidate": [label for label, _ in regime.TASK_CANDIDATES],
+            "dose_level": [label for label, _ in regime.LADDER],
+        },
+        seeds=1,
+        validate=validate_regime_preset,
+    ),
+    Preset(
+        name="regime-map",
+        help="Where the trust region matters: engines fp32/bf16/fp8/int4 x the calibrated dose levels x "
+        "pg_is, cispo, ppo, dppo_binary_tv, plus minirl, dppo_topk_tv, ppo_relaxed, tis, icepop, seq_mis and "
+        "gspo on the fp8 engine; 2 seeds, 300 steps (resumable; run with --jobs 2 in the background).",
+        run=run_regime_map_preset,
+        defaults=_regime_defaults(regime.REGIME_SETTINGS, regime.REGIME_TASK, regime.REGIME_LEVELS[0]),
+        grid={
+            "variant": [*regime.CORE_ARMS, *regime.OTHER_ARMS],
+            "engine": list(regime.MAP_ENGINES),
+            "dose_level": list(regime.REGIME_LEVELS),
+        },
+        seeds=2,
+        validate=validate_regime_preset,
+        include=regime.in_map,
+    ),
+    Preset(
+        name="regime-map-quick",
+        help="A short look at the regime map: pg_is, ppo and dppo_binary_tv x the fp32 and fp8 engines x the "
+        "lowest and the highest non-failing dose level, one seed, 40 steps of smaller batches.",
+        run=run_regime_map_preset,
+        defaults=_regime_defaults(
+            {**regime.REGIME_SETTINGS, **regime.QUICK_SETTINGS}, regime.REGIME_TASK, regime.REGIME_LEVELS[0]
+        ),
+        grid={
+            "variant": ["pg_is", "ppo", "dppo_binary_tv"],
+            "engine": ["model-fp32", regime.OTHER_ARMS_ENGINE],
+            "dose_level": [regime.REGIME_LEVELS[0], regime.REGIME_LEVELS[-2]],
+        },
+        seeds=1,
+        validate=validate_regime_preset,
     ),
 ]

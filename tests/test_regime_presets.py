@@ -1,0 +1,98 @@
+"""The regime map's presets (docs/design.md §9.3): the labels stand for the fields they set, the map holds the
+design's (arm, engine) pairs only, and a field a label sets is not a parameter the user could set in vain."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from trustregion_lab.experiment import Preset
+from trustregion_lab.sweep import SweepConfigError, available_presets, parse_grid_args, plan_sweep
+from trustregion_lab.train import regime
+
+
+def test_a_label_is_replaced_by_the_fields_it_stands_for():
+    for task, task_fields in regime.TASK_CANDIDATES:
+        for level, level_fields in regime.LADDER:
+            config = regime.regime_config({"variant": "ppo", "task_candidate": task, "dose_level": level})
+            assert config == {"variant": "ppo", **task_fields, **level_fields}
+    # without a task candidate the chosen task is used
+    config = regime.regime_config({"dose_level": "L0"})
+    assert config["task"] == dict(regime.TASK_CANDIDATES)[regime.REGIME_TASK]["task"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"dose_level": "L99"}, "dose_level must be one of"),
+        ({"dose_level": "L0", "task_candidate": "sorted"}, "task_candidate must be one of"),
+    ],
+)
+def test_an_unknown_label_is_refused_by_name(config, message):
+    with pytest.raises(ValueError, match=message):
+        regime.regime_config(config)
+
+
+def test_the_ladder_only_moves_the_knobs_and_climbs():
+    knobs = {"lr", "staleness", "epochs"}
+    previous = None
+    for _, fields in regime.LADDER:
+        assert set(fields) == knobs
+        current = (fields["lr"], fields["staleness"], fields["epochs"])
+        if previous is not None:  # no knob goes down from one rung to the next, one goes up
+            assert all(c >= p for c, p in zip(current, previous)) and current != previous
+        previous = current
+    assert set(regime.REGIME_LEVELS) <= {label for label, _ in regime.LADDER}
+    assert regime.REGIME_LEVELS[0] == regime.LADDER[0][0] and len(regime.REGIME_LEVELS) >= 5
+
+
+@pytest.mark.parametrize("name", ["regime-calibration", "regime-map", "regime-map-quick"])
+def test_a_field_a_label_sets_is_not_a_parameter(name):
+    preset = available_presets()[name]
+    assert not regime.label_fields() & set(preset.defaults)
+    with pytest.raises(SweepConfigError, match="unknown parameter 'lr'"):
+        plan_sweep(preset, parse_grid_args(["lr=1e-3"], preset.defaults))
+
+
+def test_the_map_holds_the_core_arms_on_every_engine_and_the_others_on_fp8_only():
+    preset = available_presets()["regime-map"]
+    plan = plan_sweep(preset)
+    pairs = {(spec.config["variant"], spec.config["engine"]) for spec in plan.runs}
+    expected = {(arm, engine) for arm in regime.CORE_ARMS for engine in regime.MAP_ENGINES}
+    expected |= {(arm, regime.OTHER_ARMS_ENGINE) for arm in regime.OTHER_ARMS}
+    assert pairs == expected
+    levels = {spec.config["dose_level"] for spec in plan.runs}
+    assert levels == set(regime.REGIME_LEVELS)
+    assert len(plan.runs) == len(expected) * len(levels) * 2 and plan.seeds == 2
+    # a grid narrowed to pairs outside the design is refused, not run empty
+    with pytest.raises(SweepConfigError, match="holds none of the requested combinations"):
+        plan_sweep(preset, parse_grid_args(["variant=gspo", "engine=model-fp32"], preset.defaults))
+
+
+def test_include_filters_any_preset_and_must_be_callable():
+    def run(config, seed):
+        return pd.DataFrame({"x": [config["a"] * config["b"]]})
+
+    preset = Preset(
+        "toy", "toy", run, {"a": 1, "b": 1}, grid={"a": [1, 2, 3], "b": [1, 2]}, include=lambda c: c["a"] != 2
+    )
+    combos = [(spec.config["a"], spec.config["b"]) for spec in plan_sweep(preset).runs]
+    assert combos == [(1, 1), (1, 2), (3, 1), (3, 2)]
+    with pytest.raises(TypeError, match="include must be callable"):
+        Preset("toy", "toy", run, {"a": 1}, include="a != 2")
+
+
+def test_a_regime_run_records_the_values_it_ran_with(monkeypatch):
+    from trustregion_lab.train import presets
+
+    def tiny_run(config, seed):
+        return pd.DataFrame({"step": [1, 2], "engine": [config["engine"]] * 2, "seed": [seed] * 2})
+
+    monkeypatch.setattr(presets, "run_sequence_preset", tiny_run)
+    preset = available_presets()["regime-calibration"]
+    rows = presets.run_regime_preset(
+        {**preset.defaults, "task_candidate": "sort-long-hard", "dose_level": "L6"}, 0
+    )
+    level, task = dict(regime.LADDER)["L6"], dict(regime.TASK_CANDIDATES)["sort-long-hard"]
+    for key, value in {**level, "min_length": task["min_length"], "max_length": task["max_length"]}.items():
+        assert (rows[key] == value).all(), key
