@@ -36,7 +36,7 @@ __all__ = [
     "regime_map_figures",
 ]
 
-DIFF_LABEL = "final reward of the arm − final reward of pg_is\n(mean over seeds, same engine and dose level)"
+DIFF_LABEL = "final reward of the arm − final reward of pg_is (mean over seeds, same engine and dose level)"
 MIN_COLOUR_RANGE = 0.1  # the diverging scale spans at least ±0.1, so seed noise does not look saturated
 _NOT_RUN = "#d9d9d9"
 
@@ -53,6 +53,11 @@ def _grid(values: pd.DataFrame, column: str, engines: list[str], levels: list[st
     return table.reindex(index=engines, columns=levels).to_numpy(np.float64)
 
 
+def _flags(values: pd.DataFrame, column: str, engines: list[str], levels: list[str]) -> np.ndarray:
+    """`[engines, levels]` bool array of a True/False ``column`` (False where the cell has no row)."""
+    return np.nan_to_num(_grid(values.assign(flag=values[column].astype(float)), "flag", engines, levels)) > 0
+
+
 def _text_colour(rgba) -> str:
     r, g, b = rgba[:3]
     return "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
@@ -67,7 +72,8 @@ def _heat(ax, grid: np.ndarray, cmap, norm, fmt: str, marks: np.ndarray, stars: 
             ax.text(j, i, "not run", ha="center", va="center", fontsize=7, color="dimgrey")
             continue
         colour = _text_colour(image.cmap(image.norm(value)))
-        text = fmt.format(value) + ("*" if stars[i, j] else "")
+        text = fmt.format(0.0 if abs(value) < 0.005 else value) + ("*" if stars[i, j] else "")
+        text = text.replace("+0.00", "0.00")
         ax.text(j, i, text, ha="center", va="center", fontsize=9, color=colour, fontweight="bold")
         if marks[i, j]:
             ax.add_patch(
@@ -79,11 +85,11 @@ def _heat(ax, grid: np.ndarray, cmap, norm, fmt: str, marks: np.ndarray, stars: 
     return image
 
 
-def _axes_labels(ax, engines: list[str], columns: list[str], left: bool, bottom: bool) -> None:
+def _axes_labels(ax, engines: list[str], columns: list[str], left: bool) -> None:
     ax.set_yticks(range(len(engines)))
-    ax.set_yticklabels(engines if left else [""] * len(engines), fontsize=8)
+    ax.set_yticklabels(engines if left else [""] * len(engines), fontsize=8.5)
     ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels(columns if bottom else [""] * len(columns), fontsize=7.5)
+    ax.set_xticklabels(columns, fontsize=7.5)
     ax.tick_params(length=0)
     for edge in np.arange(-0.5, len(columns), 1.0):
         ax.axvline(edge, color="white", linewidth=1.5)
@@ -91,14 +97,28 @@ def _axes_labels(ax, engines: list[str], columns: list[str], left: bool, bottom:
         ax.axhline(edge, color="white", linewidth=1.5)
 
 
+def _panel_rows(panels: list[tuple[str, list[str]]], n_cols: int) -> list[list[tuple[str, list[str]]]]:
+    """Panels packed into figure rows of at most ``n_cols``; a row holds panels with the same engines only, so
+    that the panels of a row have the same height."""
+    rows: list[list[tuple[str, list[str]]]] = []
+    for panel in panels:
+        if rows and len(rows[-1]) < n_cols and rows[-1][0][1] == panel[1]:
+            rows[-1].append(panel)
+        else:
+            rows.append([panel])
+    return rows
+
+
 def plot_regime_map(summary: pd.DataFrame) -> Figure:
-    """The regime map at a glance: one heat map per arm A ≠ pg_is, rows = engines (ENGINE_ORDER first), columns
-    = dose levels (ladder order; label and the measured dose, the mean over every run at that level), colour =
-    mean_A − mean_pg_is of the final reward over seeds in the same cell (diverging colour map centred at 0, one
-    symmetric scale for all panels, at least ±MIN_COLOUR_RANGE), the number in each cell; "*" after the number:
-    the cell's judged verdict says the arm matters or hurts (`trustregion_lab.analysis.regime_map.regime_cells`);
-    a black frame and "×": a run of the arm collapsed there (§7); grey "not run": no runs of the arm or of pg_is.
-    The last panel: pg_is's mean final reward (sequential colour map, 0 to 1), framed where a pg_is run collapsed.
+    """The regime map at a glance: one heat map per arm A ≠ pg_is, rows = the engines A ran with (ENGINE_ORDER
+    first), columns = dose levels (ladder order; label and the measured dose, the mean over every run at that
+    level), colour = mean_A − mean_pg_is of the final reward over seeds in the same cell (diverging colour map
+    centred at 0, one symmetric scale for all panels, at least ±MIN_COLOUR_RANGE), the number in each cell; "*"
+    after the number: the cell's judged verdict says the arm matters or hurts
+    (`trustregion_lab.analysis.regime_map.regime_cells`); a black frame and "×": a run of the arm collapsed there
+    (§7); grey "not run": no runs of the arm or of pg_is at that level. The first panel: pg_is's own mean final
+    reward (sequential colour map, 0 to 1), framed where a pg_is run collapsed. Panels with the same engines share
+    a row of the figure (arms that ran on one engine only get one-row panels).
 
     summary: `trustregion_lab.analysis.regime_map.regime_run_summary` of the map's table.
     """
@@ -112,78 +132,80 @@ def plot_regime_map(summary: pd.DataFrame) -> Figure:
     levels = rm.level_order(data["dose_level"])
     dose = data.groupby("dose_level")["dose"].mean()
     columns = [f"{lv}\n{_dose_text(dose.get(lv, np.nan))}" for lv in levels]
-    arms = [a for a in rm.ordered(pairs["variant"], rm.ARM_ORDER)]
     judged = pairs.assign(
         star=pairs["matters"].map(lambda v: v is True) | pairs["hurts"].map(lambda v: v is True),
         collapse=pairs["collapsed_arm"] > 0,
     )
     finite = judged["diff"].abs().dropna()
     limit = max(MIN_COLOUR_RANGE, float(finite.max()) if len(finite) else 0.0)
-    limit = math.ceil(limit * 20) / 20  # a round bound (multiple of 0.05)
+    limit = math.ceil(limit * 20 - 1e-9) / 20  # a round bound (a multiple of 0.05)
     diff_norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
 
-    panels = [*arms, rm.REFERENCE_ARM]
-    n_cols = min(4, len(panels))
-    n_rows = math.ceil(len(panels) / n_cols)
-    cell_w, cell_h = 0.78, 0.5
-    width = n_cols * (len(levels) * cell_w + 0.9) + 2.6
-    height = n_rows * (len(engines) * cell_h + 1.25) + 1.6
-    fig = Figure(figsize=(max(width, 8.0), height), layout="constrained")
-    grid = fig.subplots(n_rows, n_cols, squeeze=False)
+    def engines_of(arm: str) -> list[str]:
+        ran = set(data.loc[data["variant"] == arm, "engine"])
+        return [e for e in engines if e in ran]
+
+    reference = data[data["variant"] == rm.REFERENCE_ARM]
+    panels = [(rm.REFERENCE_ARM, engines_of(rm.REFERENCE_ARM))] if len(reference) else []
+    arms = rm.ordered(judged["variant"], rm.ARM_ORDER)
+    panels += sorted(((a, engines_of(a)) for a in arms), key=lambda p: -len(p[1]))  # stable: arm order kept
+    if not panels:
+        raise ValueError("summary: expected runs of pg_is or of an arm compared with it, got none")
+    n_cols = min(4, max(len(row) for row in _panel_rows(panels, 4)))
+    layout = _panel_rows(panels, n_cols)
+    cell_w, cell_h = 0.74, 0.52
+    heights = [len(row[0][1]) * cell_h + 1.0 for row in layout]
+    width = n_cols * (len(levels) * cell_w + 1.2) + 1.8
+    fig = Figure(figsize=(max(width, 8.0), sum(heights) + 1.3), layout="constrained")
+    spec = fig.add_gridspec(len(layout), n_cols, height_ratios=heights)
     diff_axes, image = [], None
-    for k, arm in enumerate(panels):
-        ax = grid[k // n_cols, k % n_cols]
-        left = k % n_cols == 0
-        bottom = k + n_cols >= len(panels)
-        if arm == rm.REFERENCE_ARM:
-            ref = data[data["variant"] == rm.REFERENCE_ARM]
-            means = ref.groupby(["engine", "dose_level"]).agg(
-                final_reward=("final_reward", "mean"),
-                collapsed=("collapsed", "any"),
-                seeds=("seed", "nunique"),
-            )
-            means = means.reset_index()
-            values = _grid(means, "final_reward", engines, levels)
-            marks = (
-                np.nan_to_num(_grid(means.assign(c=means["collapsed"].astype(float)), "c", engines, levels))
-                > 0
-            )
-            ref_image = _heat(
-                ax, values, "viridis", Normalize(0.0, 1.0), "{:.2f}", marks, np.zeros_like(marks, dtype=bool)
-            )
-            ax.set_title(f"reference: {rm.REFERENCE_ARM}'s own final reward", fontsize=9.5, fontweight="bold")
-            bar = fig.colorbar(ref_image, ax=ax, shrink=0.9, pad=0.02)
-            bar.set_label(f"{rm.REFERENCE_ARM} final reward\n(mean over seeds)", fontsize=8)
-            bar.ax.tick_params(labelsize=7)
-        else:
-            rows = judged[judged["variant"] == arm]
-            values = _grid(rows, "diff", engines, levels)
-            marks = (
-                np.nan_to_num(_grid(rows.assign(c=rows["collapse"].astype(float)), "c", engines, levels)) > 0
-            )
-            stars = np.nan_to_num(_grid(rows.assign(s=rows["star"].astype(float)), "s", engines, levels)) > 0
-            image = _heat(ax, values, "RdBu", diff_norm, "{:+.2f}", marks, stars)
-            diff_axes.append(ax)
-            ax.set_title(f"{arm} − {rm.REFERENCE_ARM}", fontsize=10, fontweight="bold")
-        _axes_labels(ax, engines, columns, left or arm == rm.REFERENCE_ARM, True)
-        if not bottom and arm != rm.REFERENCE_ARM:
-            ax.set_xticklabels([""] * len(columns))
-    for k in range(len(panels), n_rows * n_cols):
-        grid[k // n_cols, k % n_cols].axis("off")
+    for r, row in enumerate(layout):
+        for c, (arm, shown) in enumerate(row):
+            ax = fig.add_subplot(spec[r, c])
+            one = len(shown) == 1 and len(engines) > 1
+            if arm == rm.REFERENCE_ARM:
+                means = (
+                    reference.groupby(["engine", "dose_level"])
+                    .agg(final_reward=("final_reward", "mean"), collapsed=("collapsed", "any"))
+                    .reset_index()
+                )
+                values = _grid(means, "final_reward", shown, levels)
+                marks = _flags(means, "collapsed", shown, levels)
+                ref_image = _heat(ax, values, "viridis", Normalize(0.0, 1.0), "{:.2f}", marks, marks & False)
+                ax.set_title(
+                    f"{rm.REFERENCE_ARM}'s own final reward (the reference)", fontsize=10, fontweight="bold"
+                )
+                bar = fig.colorbar(ref_image, ax=ax, shrink=0.95, pad=0.02, aspect=15)
+                bar.set_label(f"{rm.REFERENCE_ARM} final reward", fontsize=8)
+                bar.ax.tick_params(labelsize=7)
+            else:
+                rows = judged[judged["variant"] == arm]
+                values = _grid(rows, "diff", shown, levels)
+                marks = _flags(rows, "collapse", shown, levels)
+                stars = _flags(rows, "star", shown, levels)
+                image = _heat(ax, values, "RdBu", diff_norm, "{:+.2f}", marks, stars)
+                diff_axes.append(ax)
+                where = f"  ({shown[0]} only)" if one else ""
+                ax.set_title(f"{arm} − {rm.REFERENCE_ARM}{where}", fontsize=10, fontweight="bold")
+            _axes_labels(ax, shown, columns, left=c == 0 or arm == rm.REFERENCE_ARM or one)
     if image is not None:
-        bar = fig.colorbar(image, ax=diff_axes, shrink=0.8, pad=0.01, aspect=30)
+        bar = fig.colorbar(image, ax=diff_axes, location="bottom", shrink=0.5, aspect=45, pad=0.01)
         bar.set_label(DIFF_LABEL, fontsize=9)
         bar.ax.tick_params(labelsize=8)
     seeds = data.groupby(["variant", "engine", "dose_level"])["seed"].nunique()
     seed_text = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
-    fig.suptitle(
-        "Where does the trust region matter? Each arm's final reward minus pg_is's, per engine (rows) and "
-        "off-policy dose level (columns)\n"
-        f"blue: the arm ends above pg_is, red: below; {seed_text} seeds per arm and cell; "
-        "* judged: ≥ 0.05 beyond 2 standard errors (or a collapse only one side has); "
-        "× framed: a run of the arm collapsed; grey: not run",
-        fontsize=10,
+    seed_text += " seed" if seeds.max() == 1 else " seeds"
+    head = (
+        "Where does the trust region matter? Each arm's mean final reward minus pg_is's in the same cell "
+        "(rows: rollout engine, columns: off-policy dose level)"
     )
+    key = (
+        f"blue: the arm ends above pg_is, red: below; {seed_text} per arm and cell;  "
+        "* judged: ≥ 0.05 beyond 2 standard errors, or a collapse on one side only;  "
+        "black frame ×: a run collapsed;  grey: not run"
+    )
+    chars = int(fig.get_figwidth() * 11)
+    fig.suptitle(_wrap(head, chars) + "\n" + _wrap(key, chars), fontsize=10)
     return fig
 
 
@@ -236,14 +258,12 @@ def plot_regime_calibration(summary: pd.DataFrame, choice: RegimeChoice | None =
             linestyle="none",
             label=f"failed run (final ≤ start − {rm.FAIL_DROP})",
         )
-        top.axhline(rm.MAX_REWARD_BELOW_FAILURE, color="black", linestyle=":", linewidth=1)
-        top.text(
-            -0.35,
+        top.axhline(
             rm.MAX_REWARD_BELOW_FAILURE,
-            f" {rm.MAX_REWARD_BELOW_FAILURE}",
-            fontsize=7,
-            va="bottom",
             color="black",
+            linestyle=":",
+            linewidth=1,
+            label=f"{rm.MAX_REWARD_BELOW_FAILURE}: the level before the first failure must end below it",
         )
         top.set_ylim(-0.03, 1.05)
         title = f"{name} (chosen: {' '.join(choice.levels)})" if chosen else name
@@ -263,7 +283,7 @@ def plot_regime_calibration(summary: pd.DataFrame, choice: RegimeChoice | None =
     if choice is not None and choice.task_candidate is not None:
         handles.append(Rectangle((0, 0), 1, 1, color="gold", alpha=0.25))
         texts.append("chosen map levels")
-    fig.legend(handles, texts, loc="outside lower center", ncol=4, frameon=False, fontsize=8.5)
+    fig.legend(handles, texts, loc="outside lower center", ncol=3, frameon=False, fontsize=8.5)
     head = "Regime calibration: final reward and measured dose per ladder level and task candidate"
     tail = (
         f"choice: {choice.reason}"
