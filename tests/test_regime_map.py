@@ -421,3 +421,31 @@ def test_calibration_figures_return_the_named_outputs_and_mark_the_choice(rng, t
     png = (tmp_path / "regime_calibration.png").read_bytes()
     assert png[:8] == PNG and len(png) > 20_000
     assert figures_for("regime-calibration") is regime_calibration_figures
+
+
+def test_the_driver_draws_a_stored_map_and_calibration(rng, tmp_path):
+    from trustregion_lab.plots import draw_figures
+
+    table = synthetic_map(rng, engines=("model-fp32",), levels=2, core=("pg_is", "ppo"), other=(), steps=40)
+    (tmp_path / "map").mkdir()
+    table.assign(preset="regime-map-quick").to_csv(tmp_path / "map" / "table.csv", index=False)
+    assert [p.name for p in draw_figures(tmp_path / "map")] == ["regime_map.png"]
+    stored = pd.read_csv(tmp_path / "map" / "figures" / "regime_map.csv")
+    direct = regime_run_summary(table)
+    assert list(stored.columns) == list(direct.columns)
+    np.testing.assert_allclose(stored["final_reward"], direct["final_reward"], rtol=1e-9)  # 10 digits kept
+    calib = synthetic_map(
+        rng,
+        engines=("model-fp32",),
+        levels=3,
+        core=("ppo",),
+        other=(),
+        seeds=1,
+        steps=40,
+        candidates=("x", "y"),
+    )
+    (tmp_path / "cal").mkdir()
+    calib.assign(preset="regime-calibration").to_csv(tmp_path / "cal" / "table.csv", index=False)
+    assert [p.name for p in draw_figures(tmp_path / "cal")] == ["regime_calibration.png"]
+    choice = pd.read_csv(tmp_path / "cal" / "figures" / "regime_choice.csv")
+    assert list(choice["task_candidate"]) == ["x", "y"] and not choice["chosen"].any()  # ppo never fails here

@@ -63,13 +63,24 @@ def _text_colour(rgba) -> str:
     return "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
 
 
-def _heat(ax, grid: np.ndarray, cmap, norm, fmt: str, marks: np.ndarray, stars: np.ndarray):
-    """One heat-map panel: coloured cells with their number, grey cells where NaN (not run)."""
+def _heat(
+    ax,
+    grid: np.ndarray,
+    cmap,
+    norm,
+    fmt: str,
+    marks: np.ndarray,
+    stars: np.ndarray,
+    no_reference: np.ndarray | None = None,
+):
+    """One heat-map panel: coloured cells with their number, grey cells where NaN ("not run", or "no pg_is run"
+    where ``no_reference`` says the arm ran but pg_is did not)."""
     ax.set_facecolor(_NOT_RUN)
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
     for (i, j), value in np.ndenumerate(grid):
         if not np.isfinite(value):
-            ax.text(j, i, "not run", ha="center", va="center", fontsize=7, color="dimgrey")
+            text = "no pg_is run" if no_reference is not None and no_reference[i, j] else "not run"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="dimgrey")
             continue
         colour = _text_colour(image.cmap(image.norm(value)))
         text = fmt.format(0.0 if abs(value) < 0.005 else value) + ("*" if stars[i, j] else "")
@@ -116,7 +127,7 @@ def plot_regime_map(summary: pd.DataFrame) -> Figure:
     centred at 0, one symmetric scale for all panels, at least ±MIN_COLOUR_RANGE), the number in each cell; "*"
     after the number: the cell's judged verdict says the arm matters or hurts
     (`trustregion_lab.analysis.regime_map.regime_cells`); a black frame and "×": a run of the arm collapsed there
-    (§7); grey "not run": no runs of the arm or of pg_is at that level. The first panel: pg_is's own mean final
+    (§7); grey "not run": no run of the arm there ("no pg_is run": the arm ran, pg_is did not). The first panel: pg_is's own mean final
     reward (sequential colour map, 0 to 1), framed where a pg_is run collapsed. Panels with the same engines share
     a row of the figure (arms that ran on one engine only get one-row panels).
 
@@ -183,7 +194,10 @@ def plot_regime_map(summary: pd.DataFrame) -> Figure:
                 values = _grid(rows, "diff", shown, levels)
                 marks = _flags(rows, "collapse", shown, levels)
                 stars = _flags(rows, "star", shown, levels)
-                image = _heat(ax, values, "RdBu", diff_norm, "{:+.2f}", marks, stars)
+                alone = _flags(
+                    rows.assign(alone=rows["n_arm"].gt(0) & rows["diff"].isna()), "alone", shown, levels
+                )
+                image = _heat(ax, values, "RdBu", diff_norm, "{:+.2f}", marks, stars, alone)
                 diff_axes.append(ax)
                 where = f"  ({shown[0]} only)" if one else ""
                 ax.set_title(f"{arm} − {rm.REFERENCE_ARM}{where}", fontsize=10, fontweight="bold")
