@@ -449,3 +449,13 @@ def test_the_driver_draws_a_stored_map_and_calibration(rng, tmp_path):
     assert [p.name for p in draw_figures(tmp_path / "cal")] == ["regime_calibration.png"]
     choice = pd.read_csv(tmp_path / "cal" / "figures" / "regime_choice.csv")
     assert list(choice["task_candidate"]) == ["x", "y"] and not choice["chosen"].any()  # ppo never fails here
+
+
+def test_short_runs_and_unmeasured_doses(rng):
+    table = synthetic_map(rng, engines=("model-fp8",), levels=1, core=("ppo",), other=(), seeds=1, steps=12)
+    table["dose"] = np.nan  # never measured
+    row = regime_run_summary(table).iloc[0]
+    reward = table["reward"].to_numpy(np.float64)
+    assert math.isnan(row["dose"]) and row["steps"] == 12
+    np.testing.assert_allclose([row["start_reward"], row["final_reward"]], [reward.mean()] * 2, rtol=1e-12)
+    assert not row["failed"]  # 12 steps: the first 25 and the last 100 are the same steps

@@ -167,10 +167,6 @@ def regime_run_summary(table: pd.DataFrame) -> pd.DataFrame:
         extra = extra.join(groups[carried].first())
     summary = summary.merge(extra.reset_index(), on=keys, how="left", validate="one_to_one")
     summary["failed"] = summary["final_reward"] <= summary["start_reward"] - FAIL_DROP
-    if (
-        "mask_frac_mean" not in summary
-    ):  # stability_summary adds it only when the column exists (it does here)
-        summary["mask_frac_mean"] = np.nan
     first = ["task_candidate"] if "task_candidate" in keys else []
     columns = [*first, *RUN_COLUMNS, *carried]
     columns += [c for c in summary.columns if c not in columns]
