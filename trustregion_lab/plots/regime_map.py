@@ -281,7 +281,12 @@ def plot_regime_calibration(summary: pd.DataFrame, choice: RegimeChoice | None =
         )
         top.set_ylim(-0.03, 1.05)
         title = f"{name} (chosen: {' '.join(choice.levels)})" if chosen else name
-        top.set_title(title, fontsize=10, fontweight="bold" if chosen else "normal")
+        top.set_title(title, fontsize=10, fontweight="bold" if chosen else "normal", pad=16)
+        if choice is not None:
+            why = choice.candidates.set_index("task_candidate")["why"].get(name, "")
+            top.text(
+                0.5, 1.01, _wrap(str(why), 60), transform=top.transAxes, ha="center", va="bottom", fontsize=8
+            )
         low.plot(per_level.index, per_level["dose"], "D-", color="tab:purple")
         values = per_level["dose"].dropna()
         if len(values) and bool((values > 0).all()):
