@@ -3,13 +3,16 @@
 - `plot_regime_map`: ``regime_map.png``, one heat map per arm other than pg_is (small multiples on one colour
   scale): rows are the rollout engines, columns the dose levels (label and measured mean dose), colour = the
   arm's mean final reward minus pg_is's in the same cell; a cross marks a cell where a run of the arm collapsed,
-  a star a judged verdict (the arm matters or hurts), and grey cells were not run. A last panel shows pg_is's
+  a star a judged verdict (the arm matters or hurts), and grey cells were not run. The first panel shows pg_is's
   own mean final reward, the reference every other panel is measured against.
 - `plot_regime_calibration`: ``regime_calibration.png``, per task candidate the final and start reward per
   ladder level (with the 0.9 line the level below the first failure must stay under), the measured dose per
   level below it, failed runs marked and the chosen map levels shaded.
 - `regime_map_figures` (presets ``regime-map``, ``regime-map-quick``) and `regime_calibration_figures`
   (``regime-calibration``): the figures with their tables, all computed by `trustregion_lab.analysis.regime_map`.
+
+The analysis module is imported inside the functions, as ``plots.stability`` does, so that importing ``plots``
+does not import the ``analysis`` package (and torch with it).
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from trustregion_lab.plots.common import Outputs, readable_log_axis
+
 if TYPE_CHECKING:
     from trustregion_lab.analysis.regime_map import RegimeChoice
-
-from trustregion_lab.plots.common import Outputs, readable_log_axis
 
 __all__ = [
     "plot_regime_calibration",
