@@ -7,6 +7,8 @@ Pure functions, arrays in and tidy ``pandas.DataFrame`` out (this package never 
 - `mask_confusion`: false and missed masks of each trust-region mask against the exact-divergence mask, by μ(a)
   bucket and advantage sign, with the policy-gradient mass wrongly dropped / let through.
 - `calibration_table`: mask-rate curves and the divergence threshold δ that matches a ratio clip ε.
+- `regime_run_summary`, `choose_regime`, `regime_cells`: the regime map's per-run summary, the calibration's
+  choice of task and dose levels, and the verdict of each engine × dose-level cell (docs/design.md §9.3).
 
 Inputs are `TokenBatch` objects: `make_token_batch` builds LLM-like ones (environment logit model, rollout-engine
 mismatch, simulated policy-gradient update); `enumerate_tokens` / `sampled_tokens` wrap arrays of your own.
@@ -26,6 +28,13 @@ from trustregion_lab.analysis.calibration import (
 )
 from trustregion_lab.analysis.confusion import BatchMaskSpec, gradient_mass, mask_confusion, token_mask
 from trustregion_lab.analysis.estimators import ESTIMATOR_TARGETS, estimator_report, token_estimates
+from trustregion_lab.analysis.regime_map import (
+    RegimeCells,
+    RegimeChoice,
+    choose_regime,
+    regime_cells,
+    regime_run_summary,
+)
 from trustregion_lab.analysis.states import make_token_batch, sample_from_logits
 from trustregion_lab.analysis.tokens import (
     SET_RULES,
@@ -43,9 +52,12 @@ __all__ = [
     "ESTIMATOR_TARGETS",
     "SET_RULES",
     "BatchMaskSpec",
+    "RegimeCells",
+    "RegimeChoice",
     "TokenBatch",
     "batch_critical_thresholds",
     "calibration_table",
+    "choose_regime",
     "entropy_buckets",
     "enumerate_tokens",
     "estimator_report",
@@ -55,6 +67,8 @@ __all__ = [
     "mask_rate",
     "matched_threshold",
     "mu_buckets",
+    "regime_cells",
+    "regime_run_summary",
     "reported_topk_sets",
     "sample_from_logits",
     "sampled_tokens",

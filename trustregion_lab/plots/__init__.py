@@ -26,6 +26,11 @@ functions:
 - `stability_search_figures` (``stability-search``): ``stability_curves.png`` per search cell and
   ``search.csv``.
 - `stability_calibration_figures` (``stability-calibration``): the training curves and ``calibration.csv``.
+- `regime_map_figures` (``regime-map``, ``regime-map-quick``): ``regime_map.png``, one heat map per arm (rows
+  engines, columns dose levels, colour = the arm's final reward minus pg_is's), with ``regime_map.csv`` (one
+  row per run), ``regime_cells.csv`` and ``regime_cell_verdicts.csv``.
+- `regime_calibration_figures` (``regime-calibration``): ``regime_calibration.png``, final reward and measured
+  dose per ladder level and task candidate, with ``regime_calibration.csv`` and ``regime_choice.csv``.
 
 Configuration columns that vary within a table (e.g. ``perturbation`` or ``engine``) become facets.
 Every figure is a `matplotlib.figure.Figure` built without pyplot, so drawing needs no display. Every file is
@@ -33,7 +38,8 @@ written through a temporary file and a rename (``trustregion_lab._io``).
 
 Modules: ``common`` (saving, facets, legends, line styles, μ(a)-bucket and log axes), ``analysis`` (the
 analysis presets' figures), ``training`` (the training presets'), ``stability`` (the stability study's),
-``registry`` (`PRESET_FIGURES`), ``driver`` (`draw_figures` and the command line).
+``regime_map`` (the regime map's), ``registry`` (`PRESET_FIGURES`), ``driver`` (`draw_figures` and the command
+line).
 """
 
 from trustregion_lab.plots.analysis import (
@@ -50,6 +56,12 @@ from trustregion_lab.plots.analysis import (
 )
 from trustregion_lab.plots.common import DPI, MIN_TOKENS, Outputs
 from trustregion_lab.plots.driver import ResultsError, draw_figures, main
+from trustregion_lab.plots.regime_map import (
+    plot_regime_calibration,
+    plot_regime_map,
+    regime_calibration_figures,
+    regime_map_figures,
+)
 from trustregion_lab.plots.registry import PRESET_FIGURES, figures_for
 from trustregion_lab.plots.stability import (
     plot_stability,
@@ -76,9 +88,13 @@ __all__ = [
     "plot_estimator_bias",
     "plot_estimators",
     "plot_masks",
+    "plot_regime_calibration",
+    "plot_regime_map",
     "plot_stability",
     "plot_training",
     "plot_vocab_scaling",
+    "regime_calibration_figures",
+    "regime_map_figures",
     "stability_calibration_figures",
     "stability_figures",
     "stability_search_figures",

@@ -16,6 +16,7 @@ from trustregion_lab.plots.analysis import (
     mask_figures,
     vocab_scaling_figures,
 )
+from trustregion_lab.plots.regime_map import regime_calibration_figures, regime_map_figures
 from trustregion_lab.plots.stability import (
     stability_calibration_figures,
     stability_figures,
@@ -38,6 +39,9 @@ PRESET_FIGURES: dict[str, FigureFunction] = {
     "stability-long": stability_figures,
     "stability-calibration": stability_calibration_figures,
     "stability-search": stability_search_figures,
+    "regime-calibration": regime_calibration_figures,
+    "regime-map": regime_map_figures,
+    "regime-map-quick": regime_map_figures,
 }
 
 
