@@ -96,3 +96,24 @@ def test_a_regime_run_records_the_values_it_ran_with(monkeypatch):
     level, task = dict(regime.LADDER)["L6"], dict(regime.TASK_CANDIDATES)["sort-long-hard"]
     for key, value in {**level, "min_length": task["min_length"], "max_length": task["max_length"]}.items():
         assert (rows[key] == value).all(), key
+
+
+def test_the_committed_choice_is_the_rule_applied_to_the_committed_calibration():
+    """docs/design.md §9.3: REGIME_TASK and REGIME_LEVELS are choose_regime of the committed calibration table."""
+    from pathlib import Path
+
+    from trustregion_lab.analysis.regime_map import choose_regime
+
+    path = (
+        Path(__file__).resolve().parents[1]
+        / "figures"
+        / "regime-map"
+        / "calibration"
+        / "regime_calibration.csv"
+    )
+    summary = pd.read_csv(path)
+    choice = choose_regime(
+        summary, [label for label, _ in regime.TASK_CANDIDATES], [label for label, _ in regime.LADDER]
+    )
+    assert choice.task_candidate == regime.REGIME_TASK, choice.reason
+    assert choice.levels == regime.REGIME_LEVELS, choice.reason

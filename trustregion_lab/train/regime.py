@@ -73,7 +73,7 @@ LADDER: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 # the calibration's choice (figures/regime-map/calibration/): the task candidate and the map's dose levels
 REGIME_TASK = "sort-hard"
-REGIME_LEVELS: tuple[str, ...] = ("L0", "L3", "L4", "L5", "L6")
+REGIME_LEVELS: tuple[str, ...] = ("L0", "L2", "L3", "L4", "L5")
 
 # regime-map-quick: the stability-quick sizes (smaller batches and pool, 40 steps)
 QUICK_SETTINGS: dict[str, Any] = {
