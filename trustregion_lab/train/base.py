@@ -151,11 +151,16 @@ class Trainer:
         raise NotImplementedError
 
     @staticmethod
-    def exact_engine_report(batch: RolloutBatch, served_logits: torch.Tensor) -> RolloutBatch:
+    def exact_engine_report(
+        batch: RolloutBatch, served_logits: torch.Tensor, *, log_mu: torch.Tensor | None = None
+    ) -> RolloutBatch:
         """With ``engine="none"`` μ is the trainer's own forward at the served weights (π_old itself unless the
-        engine is stale): the report is replaced by those log-probs, exactly."""
-        log_mu = torch.log_softmax(served_logits, -1)
+        engine is stale): the report is replaced by those log-probs, exactly. ``log_mu``: log_softmax of
+        ``served_logits`` when the caller already holds it (computed here otherwise); kept as ``rollout_logp``."""
+        if log_mu is None:
+            log_mu = torch.log_softmax(served_logits, -1)
         batch.rollout_logits = served_logits  # normalised inside the divergences
+        batch.rollout_logp = log_mu
         batch.rollout_logprob = log_mu.gather(-1, batch.tokens.unsqueeze(-1)).squeeze(-1)
         batch.topk_logprobs = torch.where(
             batch.topk_ids >= 0, log_mu.gather(-1, batch.topk_ids.clamp(min=0)), -torch.inf
@@ -184,13 +189,19 @@ class Trainer:
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch) -> dict[str, float]:
         """Step 3: π_old over the whole batch (``old_logits``, ``old_logprob``); with the exact engine it becomes
-        μ. Returns the equal-weight diagnostics (``step.start_metrics``)."""
+        μ. Each log-softmax of the step is computed here, once: ``old_logp`` = log_softmax(old_logits) and
+        ``rollout_logp`` = log_softmax(rollout_logits) `[B, T, V]`, which the diagnostics of ``prepare``,
+        ``update`` and ``after_metrics`` read. Returns the equal-weight diagnostics (``step.start_metrics``)."""
         logits = self._logits(batch.inputs).float()
         batch.old_logits = logits
-        batch.old_logprob = torch.log_softmax(logits, -1).gather(-1, batch.tokens.unsqueeze(-1)).squeeze(-1)
-        if self.engine.exact:
-            served = logits if self.config.staleness == 0 else self.served_logits(batch.inputs).float()
-            self.exact_engine_report(batch, served)
+        batch.old_logp = torch.log_softmax(logits, -1)
+        batch.old_logprob = batch.old_logp.gather(-1, batch.tokens.unsqueeze(-1)).squeeze(-1)
+        if self.engine.exact and self.config.staleness == 0:  # μ = π_old: its log-softmax is old_logp
+            self.exact_engine_report(batch, logits, log_mu=batch.old_logp)
+        elif self.engine.exact:
+            self.exact_engine_report(batch, self.served_logits(batch.inputs).float())
+        else:
+            batch.rollout_logp = torch.log_softmax(batch.rollout_logits.float(), -1)
         return step_lib.start_metrics(batch)
 
     @torch.no_grad()
@@ -201,7 +212,7 @@ class Trainer:
         from trustregion_lab.report import from_arrays, token_table_path, write_token_table
 
         ids = batch.topk_ids
-        old = torch.log_softmax(batch.old_logits, -1)
+        old = batch.old_logp if batch.old_logp is not None else torch.log_softmax(batch.old_logits, -1)
         frame = from_arrays(
             step=self.step + 1,
             token_ids=batch.tokens,

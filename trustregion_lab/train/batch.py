@@ -30,6 +30,9 @@ class RolloutBatch:
     loss needs nothing but the batch (``Trainer.policy_logits(batch.inputs[rows])``). old_logits `[B, T, V]`
     and old_logprob `[B, T]` are π_old, the trainer's own forward at the step's start (no gradient): the
     recompute anchor and the step's equal-weight diagnostics (filled by the trainer before the update).
+    rollout_logp and old_logp `[B, T, V]` float32 are log_softmax(rollout_logits) and log_softmax(old_logits),
+    each computed once per step by the trainer's ``prepare`` and read by every diagnostic of the step (exact
+    TV/KL, entropy, the dose); None until then.
     """
 
     tokens: torch.Tensor
@@ -43,6 +46,8 @@ class RolloutBatch:
     inputs: torch.Tensor
     old_logits: torch.Tensor | None = None
     old_logprob: torch.Tensor | None = None
+    rollout_logp: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:

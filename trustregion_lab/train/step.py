@@ -71,6 +71,7 @@ _POOLING_WEIGHT = {
     "mismatch_k3": "valid_tokens",
     "chi2": "valid_tokens",
 }
+_LOGP_NAMES = {"log_mu": "rollout_logp", "log_pi": "logp"}
 
 
 class MetricPool:
@@ -104,9 +105,19 @@ def _mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float(values.double()[mask].sum()) / n if n else math.nan
 
 
+def _log_softmax(logp: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """The batch's stored log-softmax when ``prepare`` filled it, else log_softmax(logits) in float32."""
+    return logp if logp is not None else torch.log_softmax(logits.float(), -1)
+
+
 @torch.no_grad()
 def start_metrics(batch: RolloutBatch) -> dict[str, float]:
-    """The step's equal-weight diagnostics (module docstring); needs ``batch.old_logits``/``old_logprob``."""
+    """The step's equal-weight diagnostics (module docstring); needs ``batch.old_logits``/``old_logprob``.
+
+    Reads the step's log-softmaxes ``batch.rollout_logp`` and ``batch.old_logp`` (computed from the logits when
+    absent): exact TV/KL by ``divergence.exact_tv_kl_logp``, entropy H(π_old) = −Σ_v p_v log p_v with
+    log p = ``old_logp``, per state in float32, means in float64.
+    """
     mask = batch.response_mask
     if batch.old_logits is None or batch.old_logprob is None or not bool(mask.any()):
         return dict.fromkeys(START_METRICS, math.nan)
@@ -114,10 +125,9 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
     diff = lp.exp() - lmu.exp()
     log_r = lp - lmu
     w = torch.exp(log_r - log_r.max())  # ESS is scale-free: normalise by the largest ratio
-    old_logits = batch.old_logits[mask]
-    tv, kl = divergence.exact_tv_kl(batch.rollout_logits[mask], old_logits)
-    # entropy per state in float32 (log-softmax, then −Σ p log p), averaged in float64
-    logp = torch.log_softmax(old_logits.float(), -1)
+    log_old = _log_softmax(batch.old_logp, batch.old_logits)[mask]  # [n, V]
+    log_mu = _log_softmax(batch.rollout_logp, batch.rollout_logits)[mask]
+    tv, kl = divergence.exact_tv_kl_logp(log_mu, log_old, names=_LOGP_NAMES)
     return {
         "mismatch_mean": float(diff.abs().mean()),
         "mismatch_max": float(diff.max()),
@@ -126,7 +136,7 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
         "ess_start": float(w.sum() ** 2 / (w.numel() * (w**2).sum())),
         "tv_exact_start": float(tv.double().mean()),
         "kl_exact_start": float(kl.double().mean()),
-        "entropy": float((-(logp.exp() * logp).sum(-1)).double().mean()),
+        "entropy": float((-(log_old.exp() * log_old).sum(-1)).double().mean()),
     }
 
 
@@ -134,20 +144,24 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
 def after_metrics(batch: RolloutBatch, logits: torch.Tensor) -> dict[str, float]:
     """The step's off-policy dose (module docstring) from π's logits `[B, T, V]` after the step's last update.
 
-    dose = #{response tokens: π(a)/μ(a) < 0.8 or > 1.2} / #response tokens, μ(a) = exp(``rollout_logprob``);
-    tv_after = mean over response tokens of the exact TV(μ, π) = ½ Σ_v |μ_v − π_v| (μ = softmax(rollout_logits)).
-    Only the response positions are read. NaN for a batch without response tokens.
+    dose = #{response tokens: π(a)/μ(a) < 0.8 or > 1.2} / #response tokens, μ(a) = exp(``rollout_logprob``),
+    log π(a) = z_a − logsumexp(z) in float64 from the float32 logits z;
+    tv_after = mean over response tokens of the exact TV(μ, π) = ½ Σ_v |μ_v − π_v| from log μ =
+    ``batch.rollout_logp`` and log π = z − logsumexp(z) (float32). Only the response positions are read. NaN for a
+    batch without response tokens.
     """
     mask = batch.response_mask
     if not bool(mask.any()):
         return dict.fromkeys(AFTER_METRICS, math.nan)
     logits = logits.float()[mask]  # [n, V]
     picked = logits.gather(-1, batch.tokens[mask].unsqueeze(-1)).squeeze(-1)
-    log_pi = picked.double() - torch.logsumexp(logits, -1).double()
+    lse = torch.logsumexp(logits, -1)
+    log_pi = picked.double() - lse.double()
     ratio = torch.exp(log_pi - batch.rollout_logprob[mask].double())
     low, high = DOSE_BAND
     outside = (ratio < low) | (ratio > high)
-    tv = divergence.tv(batch.rollout_logits[mask], logits)
+    log_mu = _log_softmax(batch.rollout_logp, batch.rollout_logits)[mask]
+    tv, _ = divergence.exact_tv_kl_logp(log_mu, logits.sub_(lse[:, None]), names=_LOGP_NAMES)
     return {"dose": float(outside.double().mean()), "tv_after": float(tv.double().mean())}
 
 
@@ -174,7 +188,8 @@ def update(
             rows = torch.from_numpy(np.sort(chunk)).to(batch.tokens.device)
             mb = batch.rows(rows)
             logits = policy_logits(rows).float()
-            logprob = torch.log_softmax(logits, -1).gather(-1, mb.tokens.unsqueeze(-1)).squeeze(-1)
+            logp = torch.log_softmax(logits, -1)  # [b, T, V], also read by the exact TV/KL below
+            logprob = logp.gather(-1, mb.tokens.unsqueeze(-1)).squeeze(-1)
             loss, metrics = policy_loss(
                 variant.method,
                 logprob=logprob,
@@ -200,7 +215,8 @@ def update(
                 )
             with torch.no_grad():
                 valid = mb.response_mask
-                tv, kl = divergence.exact_tv_kl(mb.rollout_logits[valid], logits.detach()[valid])
+                log_mu = _log_softmax(mb.rollout_logp, mb.rollout_logits)[valid]
+                tv, kl = divergence.exact_tv_kl_logp(log_mu, logp.detach()[valid], names=_LOGP_NAMES)
                 pool.add("tv_exact", float(tv.double().mean()) if tv.numel() else math.nan, tv.numel())
                 pool.add("kl_exact", float(kl.double().mean()) if kl.numel() else math.nan, kl.numel())
             pool.add("grad_norm", grad_norm)
