@@ -8,7 +8,9 @@ A step (``train_step``):
        (``engine="none"``) and gives the step's equal-weight diagnostics (``step.start_metrics``);
     4. ``step.update``: epochs × mini-batches of the surrogate;
     4b. the off-policy dose: one no-grad forward of the updated policy over the batch, π after the step against
-       μ (``after_metrics``: ``dose``, ``tv_after``; ``step.after_metrics``);
+       μ (``after_metrics``: ``dose``, ``tv_after``; ``step.after_metrics``), on steps whose number (the row's
+       ``step``, from 1) is a multiple of ``config.dose_every`` (1 = every step; the other rows get NaN there,
+       and a mean over steps is the mean over the measured ones);
     5. every ``eval_every`` steps an evaluation (subclass), then one tidy row.
 
 A subclass sets ``policy``, ``optimizer``, ``rng`` (numpy Generator for contexts/prompts and mini-batch order),
@@ -245,6 +247,10 @@ class Trainer:
         )
 
     @torch.no_grad()
+    def dose_due(self) -> bool:
+        """Whether the step now running (row ``step`` = ``self.step + 1``) measures the dose (``dose_every``)."""
+        return (self.step + 1) % self.config.dose_every == 0
+
     def after_metrics(self, batch: RolloutBatch) -> dict[str, float]:
         """Step 4b: π after the step's last update against μ (``step.after_metrics``: ``dose``, ``tv_after``)."""
         return step_lib.after_metrics(batch, self._logits(batch.inputs))
@@ -259,7 +265,9 @@ class Trainer:
         if self.export_dir is not None:
             self.export_tokens(batch)
         metrics = self.update(batch)
-        row_after = self.after_metrics(batch)
+        row_after = (
+            self.after_metrics(batch) if self.dose_due() else dict.fromkeys(step_lib.AFTER_METRICS, math.nan)
+        )
         done = time.perf_counter()
         self.step += 1
         evaluation = self.evaluate() if self.eval_due() else dict.fromkeys(self.eval_columns, math.nan)
@@ -309,7 +317,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["config"] != self.config.to_dict():
+        # dose_every came later; a checkpoint written before it ran with every step measured (its default)
+        if {"dose_every": 1, **state["config"]} != self.config.to_dict():
             raise CheckpointError(
                 "checkpoint was written by a run with another config; use a fresh checkpoint_dir"
             )

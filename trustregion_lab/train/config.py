@@ -68,6 +68,11 @@ class TrainConfig:
     bf16: bool = _f(False, "bf16 autocast for the trainer's forward pass (CUDA only)")
     checkpoint_every: int = _f(0, "write a checkpoint every this many steps (0 = never)")
     threads: int = _f(1, "torch CPU threads for the run (0 = leave torch's setting)")
+    dose_every: int = _f(
+        1,
+        "measure the off-policy dose (dose, tv_after: one extra forward) on steps that are multiples of this "
+        "(1 = every step; other steps' rows get NaN)",
+    )
 
     def __post_init__(self) -> None:
         for name in ("low", "high", "ratio_cap"):
@@ -103,6 +108,7 @@ class TrainConfig:
             )
         check_int("checkpoint_every", self.checkpoint_every, 0)
         check_int("threads", self.threads, 0)
+        check_int("dose_every", self.dose_every, 1)
         self.check_size()
 
     def check_size(self) -> None:

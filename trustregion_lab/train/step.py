@@ -18,7 +18,13 @@ With staleness > 0 the engine served older weights and these measure the stalene
 mini-batch update (one more no-grad forward over the batch), μ the engine's report, over response tokens:
     dose = share of tokens with r = π(a)/μ(a) outside [0.8, 1.2],  tv_after = mean exact TV(μ, π) per state
 (π(a) from float32 logits, r in float64; the exact TV per state in float32, its mean in float64). It includes the
-staleness gap and the engine's own mismatch, as the update sees them.
+staleness gap and the engine's own mismatch, as the update sees them. The trainer runs it (and its forward) only
+on steps that are multiples of ``TrainConfig.dose_every`` (NaN in the other rows).
+
+Each log-softmax over the vocabulary is computed once per step: the trainer's ``prepare`` keeps
+log_softmax(rollout_logits) and log_softmax(old_logits) on the batch (``rollout_logp``, ``old_logp``), ``update``
+reuses the log-softmax its loss takes for the exact TV/KL, and every exact TV/KL comes from log-probs
+(``divergence.exact_tv_kl_logp``).
 """
 
 from __future__ import annotations
