@@ -116,6 +116,17 @@ def _log_softmax(logp: torch.Tensor | None, logits: torch.Tensor) -> torch.Tenso
     return logp if logp is not None else torch.log_softmax(logits.float(), -1)
 
 
+def _states(values: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """The states ``flat`` `[n]` (indices into the flattened leading dims) of ``values`` `[..., V]` → `[n, V]`;
+    with flat = mask.flatten().nonzero() the same rows in the same order as ``values[mask]``, copied faster."""
+    return values.reshape(-1, values.shape[-1]).index_select(0, flat)
+
+
+def _flat(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of ``mask`` in its flattened order `[n]` (int64)."""
+    return mask.reshape(-1).nonzero().squeeze(-1)
+
+
 @torch.no_grad()
 def start_metrics(batch: RolloutBatch) -> dict[str, float]:
     """The step's equal-weight diagnostics (module docstring); needs ``batch.old_logits``/``old_logprob``.
@@ -131,8 +142,9 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
     diff = lp.exp() - lmu.exp()
     log_r = lp - lmu
     w = torch.exp(log_r - log_r.max())  # ESS is scale-free: normalise by the largest ratio
-    log_old = _log_softmax(batch.old_logp, batch.old_logits)[mask]  # [n, V]
-    log_mu = _log_softmax(batch.rollout_logp, batch.rollout_logits)[mask]
+    flat = _flat(mask)
+    log_old = _states(_log_softmax(batch.old_logp, batch.old_logits), flat)  # [n, V]
+    log_mu = _states(_log_softmax(batch.rollout_logp, batch.rollout_logits), flat)
     tv, kl = divergence.exact_tv_kl_logp(log_mu, log_old, names=_LOGP_NAMES)
     return {
         "mismatch_mean": float(diff.abs().mean()),
@@ -159,14 +171,15 @@ def after_metrics(batch: RolloutBatch, logits: torch.Tensor) -> dict[str, float]
     mask = batch.response_mask
     if not bool(mask.any()):
         return dict.fromkeys(AFTER_METRICS, math.nan)
-    logits = logits.float()[mask]  # [n, V]
+    flat = _flat(mask)
+    logits = _states(logits.float(), flat)  # [n, V]
     picked = logits.gather(-1, batch.tokens[mask].unsqueeze(-1)).squeeze(-1)
     lse = torch.logsumexp(logits, -1)
     log_pi = picked.double() - lse.double()
     ratio = torch.exp(log_pi - batch.rollout_logprob[mask].double())
     low, high = DOSE_BAND
     outside = (ratio < low) | (ratio > high)
-    log_mu = _log_softmax(batch.rollout_logp, batch.rollout_logits)[mask]
+    log_mu = _states(_log_softmax(batch.rollout_logp, batch.rollout_logits), flat)
     tv, _ = divergence.exact_tv_kl_logp(log_mu, logits.sub_(lse[:, None]), names=_LOGP_NAMES)
     return {"dose": float(outside.double().mean()), "tv_after": float(tv.double().mean())}
 
@@ -189,6 +202,8 @@ def update(
     clipping) and the loss.
     """
     pool = MetricPool(UPDATE_METRICS)
+    rollout_logp = _log_softmax(batch.rollout_logp, batch.rollout_logits)
+    positions = torch.arange(batch.response_mask.shape[1], device=batch.tokens.device)
     for _ in range(config.epochs):
         for chunk in np.array_split(rng.permutation(batch.num_rows), config.num_minibatches):
             rows = torch.from_numpy(np.sort(chunk)).to(batch.tokens.device)
@@ -221,8 +236,12 @@ def update(
                 )
             with torch.no_grad():
                 valid = mb.response_mask
-                log_mu = _log_softmax(mb.rollout_logp, mb.rollout_logits)[valid]
-                tv, kl = divergence.exact_tv_kl_logp(log_mu, logp.detach()[valid], names=_LOGP_NAMES)
+                # the mini-batch's response states, in the batch's flattened [B·T] and in its own [b·T]
+                in_batch = (rows[:, None] * valid.shape[1] + positions)[valid]
+                log_mu = _states(rollout_logp, in_batch)
+                tv, kl = divergence.exact_tv_kl_logp(
+                    log_mu, _states(logp.detach(), _flat(valid)), names=_LOGP_NAMES
+                )
                 pool.add("tv_exact", float(tv.double().mean()) if tv.numel() else math.nan, tv.numel())
                 pool.add("kl_exact", float(kl.double().mean()) if kl.numel() else math.nan, kl.numel())
             pool.add("grad_norm", grad_norm)
