@@ -23,8 +23,12 @@ EPS32 = float(np.finfo(np.float32).eps)
 
 
 def ref_tv_kl(log_mu: np.ndarray, log_pi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 TV and KL of the distributions ∝ exp(log_mu), exp(log_pi); −inf entries are zero mass."""
+    """Float64 TV and KL of the distributions ∝ exp(log_mu), exp(log_pi); −inf entries are zero mass, and so is
+    a mass the inputs' dtype cannot hold (exp(log μ_v) below its smallest subnormal, e.g. log μ_v < −103.3 in
+    float32): a float32 computation sees 0 there, so a π_v = 0 beside it gives no infinite KL term."""
+    floor = np.log(float(np.finfo(log_mu.dtype).smallest_subnormal))
     a, b = ref.logprobs(log_mu), ref.logprobs(log_pi)
+    a = np.where(a < floor, -np.inf, a)
     p, q = np.exp(a), np.exp(b)
     tv = 0.5 * np.abs(p - q).sum(-1)
     with np.errstate(invalid="ignore"):
@@ -77,6 +81,12 @@ def test_logp_divergences_match_the_float64_reference(seed, v, family, move, exc
     tv_t, kl_t = D.exact_tv_kl_logp(torch.from_numpy(log_mu), torch.from_numpy(log_pi), chunk_elements=v)
     np.testing.assert_array_equal(tv_t.numpy(), got_tv)
     np.testing.assert_array_equal(kl_t.numpy(), got_kl)
+    # H(π) on request, against −Σ π log π of the renormalised π
+    lpi = ref.logprobs(log_pi)
+    with np.errstate(invalid="ignore"):
+        want_h = -np.where(lpi > -np.inf, np.exp(lpi) * lpi, 0.0).sum(-1)
+    _, _, got_h = D.exact_tv_kl_logp(log_mu, log_pi, entropy=True)
+    np.testing.assert_allclose(got_h, want_h, rtol=t["rtol"], atol=t["atol"] * (1 + np.abs(want_h).max()))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -133,3 +143,38 @@ def test_rows_off_by_a_constant_are_renormalised():
     want_tv, want_kl = ref_tv_kl(log_mu, log_pi)
     np.testing.assert_allclose(tv, want_tv, rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(kl, want_kl, rtol=1e-9, atol=1e-14)
+
+
+def test_selected_rows_equal_the_rows_copied_first():
+    """mu_rows / pi_rows pair states without copying: the same bits as on the gathered copies, chunk by chunk."""
+    rng = np.random.default_rng(0x2015)
+    print("seed", 0x2015)
+    x, y = make_pair(rng, 24, 50, "zipf", 0.2)
+    log_mu = torch.log_softmax(torch.from_numpy(x).float(), -1).reshape(4, 6, 50)
+    log_pi = torch.log_softmax(torch.from_numpy(y).float(), -1)[:10]  # other leading shape
+    mu_rows = torch.from_numpy(rng.integers(0, 24, 7))
+    pi_rows = torch.from_numpy(rng.integers(0, 10, 7))
+    got = D.exact_tv_kl_logp(
+        log_mu, log_pi, mu_rows=mu_rows, pi_rows=pi_rows, entropy=True, chunk_elements=120
+    )
+    copied = D.exact_tv_kl_logp(log_mu.reshape(-1, 50)[mu_rows], log_pi[pi_rows], entropy=True)
+    for a, b in zip(got, copied, strict=True):
+        assert a.shape == (7,)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    want_tv, want_kl = ref_tv_kl(log_mu.reshape(-1, 50)[mu_rows].numpy(), log_pi[pi_rows].numpy())
+    np.testing.assert_allclose(got[0].numpy(), want_tv, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got[1].numpy(), want_kl, rtol=1e-4, atol=1e-6)
+    only_mu = D.exact_tv_kl_logp(log_mu.reshape(-1, 50), log_pi[:7], mu_rows=mu_rows)
+    torch.testing.assert_close(only_mu[0], D.exact_tv_kl_logp(log_mu.reshape(-1, 50)[mu_rows], log_pi[:7])[0])
+
+
+def test_bad_rows_raise_naming_them():
+    log_mu = torch.log_softmax(torch.randn(6, 5), -1)
+    with pytest.raises(TypeError, match="mu_rows"):
+        D.exact_tv_kl_logp(log_mu, log_mu, mu_rows=torch.tensor([0, 1], dtype=torch.int32), pi_rows=None)
+    with pytest.raises(ValueError, match="pi_rows"):
+        D.exact_tv_kl_logp(log_mu, log_mu, mu_rows=torch.tensor([0]), pi_rows=torch.tensor([6]))
+    with pytest.raises(ValueError, match="as many states"):
+        D.exact_tv_kl_logp(log_mu, log_mu, mu_rows=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="vocabulary"):
+        D.exact_tv_kl_logp(log_mu, log_mu[:, :4], mu_rows=torch.arange(6))

@@ -132,8 +132,9 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
     """The step's equal-weight diagnostics (module docstring); needs ``batch.old_logits``/``old_logprob``.
 
     Reads the step's log-softmaxes ``batch.rollout_logp`` and ``batch.old_logp`` (computed from the logits when
-    absent): exact TV/KL by ``divergence.exact_tv_kl_logp``, entropy H(π_old) = −Σ_v p_v log p_v with
-    log p = ``old_logp``, per state in float32, means in float64.
+    absent): exact TV/KL and the entropy H(π_old) = −Σ_v p_v log p_v (p = exp(``old_logp``), renormalised) in
+    one pass of ``divergence.exact_tv_kl_logp`` over the response states, per state in float32, means in
+    float64.
     """
     mask = batch.response_mask
     if batch.old_logits is None or batch.old_logprob is None or not bool(mask.any()):
@@ -143,9 +144,14 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
     log_r = lp - lmu
     w = torch.exp(log_r - log_r.max())  # ESS is scale-free: normalise by the largest ratio
     flat = _flat(mask)
-    log_old = _states(_log_softmax(batch.old_logp, batch.old_logits), flat)  # [n, V]
-    log_mu = _states(_log_softmax(batch.rollout_logp, batch.rollout_logits), flat)
-    tv, kl = divergence.exact_tv_kl_logp(log_mu, log_old, names=_LOGP_NAMES)
+    tv, kl, entropy = divergence.exact_tv_kl_logp(
+        _log_softmax(batch.rollout_logp, batch.rollout_logits),
+        _log_softmax(batch.old_logp, batch.old_logits),
+        mu_rows=flat,
+        pi_rows=flat,
+        entropy=True,
+        names=_LOGP_NAMES,
+    )
     return {
         "mismatch_mean": float(diff.abs().mean()),
         "mismatch_max": float(diff.max()),
@@ -154,7 +160,7 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
         "ess_start": float(w.sum() ** 2 / (w.numel() * (w**2).sum())),
         "tv_exact_start": float(tv.double().mean()),
         "kl_exact_start": float(kl.double().mean()),
-        "entropy": float((-(log_old.exp() * log_old).sum(-1)).double().mean()),
+        "entropy": float(entropy.double().mean()),
     }
 
 
@@ -179,8 +185,8 @@ def after_metrics(batch: RolloutBatch, logits: torch.Tensor) -> dict[str, float]
     ratio = torch.exp(log_pi - batch.rollout_logprob[mask].double())
     low, high = DOSE_BAND
     outside = (ratio < low) | (ratio > high)
-    log_mu = _states(_log_softmax(batch.rollout_logp, batch.rollout_logits), flat)
-    tv, _ = divergence.exact_tv_kl_logp(log_mu, logits.sub_(lse[:, None]), names=_LOGP_NAMES)
+    log_mu = _log_softmax(batch.rollout_logp, batch.rollout_logits)
+    tv, _ = divergence.exact_tv_kl_logp(log_mu, logits.sub_(lse[:, None]), mu_rows=flat, names=_LOGP_NAMES)
     return {"dose": float(outside.double().mean()), "tv_after": float(tv.double().mean())}
 
 
@@ -238,9 +244,8 @@ def update(
                 valid = mb.response_mask
                 # the mini-batch's response states, in the batch's flattened [B·T] and in its own [b·T]
                 in_batch = (rows[:, None] * valid.shape[1] + positions)[valid]
-                log_mu = _states(rollout_logp, in_batch)
                 tv, kl = divergence.exact_tv_kl_logp(
-                    log_mu, _states(logp.detach(), _flat(valid)), names=_LOGP_NAMES
+                    rollout_logp, logp.detach(), mu_rows=in_batch, pi_rows=_flat(valid), names=_LOGP_NAMES
                 )
                 pool.add("tv_exact", float(tv.double().mean()) if tv.numel() else math.nan, tv.numel())
                 pool.add("kl_exact", float(kl.double().mean()) if kl.numel() else math.nan, kl.numel())
