@@ -24,7 +24,9 @@ Each finished step is reported on the progress channel (``trustregion_lab.progre
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ __all__ = [
     "TIMING_COLUMNS",
     "CheckpointError",
     "Trainer",
+    "keep_freed_memory",
     "make_optimizer",
     "rows_to_frame",
 ]
@@ -85,6 +88,40 @@ ROW_COLUMNS = (
 )
 
 
+# glibc mallopt parameters (malloc.h) and the values the trainer sets (``keep_freed_memory``)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
+_TRIM_THRESHOLD = 1024 * 1024 * 1024
+_malloc_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the OS (process-wide, once).
+
+    A step allocates and frees the same tensors every time (logits `[B, T, V]`, activations, gradients: tens of
+    MB). By default glibc unmaps large freed blocks and trims the heap top beyond a threshold that adapts to them,
+    so the next step faults the pages in again: ~21,000–26,000 minor page faults per step of the stability preset
+    (about 30 ms of its after-step forward, measured with ``resource.getrusage``). With M_MMAP_THRESHOLD at its
+    maximum (32 MiB) and M_TRIM_THRESHOLD at 1 GiB the blocks stay in the heap (~400–800 faults per step). No
+    value computed changes; the process keeps its peak heap. Returns whether the settings were applied (False
+    off Linux or where the C library has no ``mallopt``).
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
+    _malloc_tuned = ok
+    return ok
+
+
 def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """Adam (β₁, β₂, ε from the config) or plain SGD at ``config.lr``."""
     if config.optimizer == "adam":
@@ -115,6 +152,7 @@ class Trainer:
         self.variant = config.resolved_variant
         if config.threads > 0:
             torch.set_num_threads(config.threads)
+        keep_freed_memory()
         self.device = resolve_device(config.device)
         if config.bf16 and self.device.type != "cuda":
             raise ValueError(
