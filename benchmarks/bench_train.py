@@ -16,8 +16,11 @@ Same run, same warm-started model, same engine and batch, interleaved rounds, me
   "training" is prepare + update of the same rounds.
 The sampled tokens and rewards must be bit-identical between the paths; the loss and weights differ by float
 rounding only because the old head runs its GEMMs at other shapes (bit-identity with the code before the
-log-softmax reuse is tested in tests/test_train_speed.py). Throughput is answer tokens per second (valid
-response tokens; training counts each token once per epoch).
+log-softmax reuse is tested in tests/test_train_speed.py). Both paths run in one process after the trainer's
+``keep_freed_memory`` (glibc keeps freed step tensors instead of faulting them in again; minor page faults per
+step are printed), so the ratio leaves that gain out: compare the new path's time with a process of the code
+before it to see it. Throughput is answer tokens per second (valid response tokens; training counts each token
+once per epoch).
 
     python benchmarks/bench_train.py                       # reverse, L = 23 (24-token answers), fp32 engine
     python benchmarks/bench_train.py --engine model-bf16   # the bf16 model engine
@@ -31,6 +34,7 @@ import argparse
 import contextlib
 import copy
 import math
+import resource
 import statistics
 import tempfile
 import time
@@ -169,6 +173,7 @@ def whole_step(
         now = time.perf_counter()
         times[name], clock = now - clock, now
 
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     trainer.engine.begin_step(trainer.step)
     with old_sampling(trainer.engine) if old else contextlib.nullcontext():
         batch = trainer.collect()
@@ -179,6 +184,7 @@ def whole_step(
     lap("update")
     metrics.update(old_after_metrics(trainer, batch) if old else trainer.after_metrics(batch))
     lap("after")
+    times["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     trainer.step += 1
     metrics["reward"] = float(batch.rewards.double().mean())
     return times, metrics, batch
@@ -246,7 +252,9 @@ def main() -> None:
         trainer = SequenceTrainer(config)
     trainer.served.load_state_dict(trainer.policy.state_dict())
     baseline, cached = [], []
-    phases: dict[bool, dict[str, list[float]]] = {old: {p: [] for p in PHASES} for old in (True, False)}
+    phases: dict[bool, dict[str, list[float]]] = {
+        old: {p: [] for p in (*PHASES, "faults")} for old in (True, False)
+    }
     worst, worst_name, identical, worst_weight, worst_other = 0.0, "", True, 0.0, 0.0
     for round_ in range(args.rounds):
         trainer.sampler.begin_step(round_)
@@ -316,12 +324,16 @@ def main() -> None:
         return total
 
     old_total = line("old path              ", med[True], 1.0)
-    print()
+    print(f"   {med[True]['faults']:,.0f} minor page faults")
     for every in sorted({1, args.dose_every}):
         new_total = line(f"new path, dose_every={every:<2d}", med[False], 1.0 / every)
         print(
             f"   {old_total / new_total:.2f}x the old path"
-            + ("" if every == 1 else " (after on 1 step in this many)")
+            + (
+                f", {med[False]['faults']:,.0f} minor page faults"
+                if every == 1
+                else " (after on 1 step in N)"
+            )
         )
     print(
         f"sampled tokens and rewards {'bit-identical' if identical else 'DIFFERENT'} between the paths; largest "
