@@ -18,7 +18,7 @@ The sampled tokens and rewards must be bit-identical between the paths; the loss
 rounding only because the old head runs its GEMMs at other shapes (bit-identity with the code before the
 log-softmax reuse is tested in tests/test_train_speed.py). Both paths run in one process after the trainer's
 ``keep_freed_memory`` (glibc keeps freed step tensors instead of faulting them in again; minor page faults per
-step are printed), so the ratio leaves that gain out: compare the new path's time with a process of the code
+step are printed), so the ratio leaves most of that gain out (the old path still faults its tensors above 32 MiB): compare the new path's time with a process of the code
 before it to see it. Throughput is answer tokens per second (valid response tokens; training counts each token
 once per epoch).
 
