@@ -100,9 +100,10 @@ def keep_freed_memory() -> bool:
 
     A step allocates and frees the same tensors every time (logits `[B, T, V]`, activations, gradients: tens of
     MB). By default glibc unmaps large freed blocks and trims the heap top beyond a threshold that adapts to them,
-    so the next step faults the pages in again: ~21,000–26,000 minor page faults per step of the stability preset
-    (about 30 ms of its after-step forward, measured with ``resource.getrusage``). With M_MMAP_THRESHOLD at its
-    maximum (32 MiB) and M_TRIM_THRESHOLD at 1 GiB the blocks stay in the heap (~400–800 faults per step). No
+    so the next step faults the pages in again: 7,000–26,000 minor page faults per step of the stability preset
+    on one thread, depending on the heap's history, and 20–35 ms of its after-step forward (measured with
+    ``resource.getrusage`` and a timer). With M_MMAP_THRESHOLD at its maximum (32 MiB) and M_TRIM_THRESHOLD at
+    1 GiB the blocks stay in the heap (200–800 faults per step). No
     value computed changes; the process keeps its peak heap. Returns whether the settings were applied (False
     off Linux or where the C library has no ``mallopt``).
     """

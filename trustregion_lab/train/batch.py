@@ -34,7 +34,7 @@ class RolloutBatch:
     recompute anchor and the step's equal-weight diagnostics (filled by the trainer before the update).
     rollout_logp and old_logp `[B, T, V]` float32 are log_softmax(rollout_logits) and log_softmax(old_logits),
     each computed once per step by the trainer's ``prepare`` and read by every diagnostic of the step (exact
-    TV/KL, entropy, the dose); None until then.
+    TV/KL, entropy, tv_after); None until then.
     """
 
     tokens: torch.Tensor
