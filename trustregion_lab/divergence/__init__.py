@@ -24,7 +24,8 @@ Single-sample estimators from the sampled token's ratio r = π(a)/μ(a), a ~ μ 
 Modules (each one's docstring holds its numerics notes):
 - `common`: shared helpers (log1mexp, |eᵃ − eᵇ|, the log-mass floors, argument names, chunk size, sampled-token
   input checks).
-- `exact`: tv, kl, exact_tv_kl (chunked kernels, the compiled path, the huge-logit path).
+- `exact`: tv, kl, exact_tv_kl (chunked kernels, the compiled path, the huge-logit path); exact_tv_kl_logp (the
+  same from log-probabilities a caller already holds).
 - `binary`: binary_tv, binary_kl.
 - `topk`: token_logprobs, topk_tv, topk_kl.
 - `sample`: abs_ratio_dev, kl_k1, kl_k2, kl_k3.
@@ -62,7 +63,7 @@ from trustregion_lab.divergence.common import (
     log1mexp,
     resolution_log_floor,
 )
-from trustregion_lab.divergence.exact import exact_tv_kl, kl, tv
+from trustregion_lab.divergence.exact import exact_tv_kl, exact_tv_kl_logp, kl, tv
 from trustregion_lab.divergence.sample import abs_ratio_dev, kl_k1, kl_k2, kl_k3
 from trustregion_lab.divergence.topk import token_logprobs, topk_kl, topk_tv
 
@@ -73,6 +74,7 @@ __all__ = [
     "binary_kl",
     "binary_tv",
     "exact_tv_kl",
+    "exact_tv_kl_logp",
     "kl",
     "kl_k1",
     "kl_k2",

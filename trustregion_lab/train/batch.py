@@ -16,6 +16,8 @@ from trustregion_lab._validate import check_choice, check_int
 __all__ = ["ADVANTAGE_NORMS", "RolloutBatch", "group_advantages"]
 
 ADVANTAGE_NORMS = ("std", "mean")
+# fields ``RolloutBatch.rows`` leaves out: computed once per step over the whole batch
+_STEP_LEVEL = ("rollout_logp", "old_logp")
 
 
 @dataclass
@@ -30,6 +32,9 @@ class RolloutBatch:
     loss needs nothing but the batch (``Trainer.policy_logits(batch.inputs[rows])``). old_logits `[B, T, V]`
     and old_logprob `[B, T]` are π_old, the trainer's own forward at the step's start (no gradient): the
     recompute anchor and the step's equal-weight diagnostics (filled by the trainer before the update).
+    rollout_logp and old_logp `[B, T, V]` float32 are log_softmax(rollout_logits) and log_softmax(old_logits),
+    each computed once per step by the trainer's ``prepare`` and read by every diagnostic of the step (exact
+    TV/KL, entropy, tv_after); None until then.
     """
 
     tokens: torch.Tensor
@@ -43,6 +48,8 @@ class RolloutBatch:
     inputs: torch.Tensor
     old_logits: torch.Tensor | None = None
     old_logprob: torch.Tensor | None = None
+    rollout_logp: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
@@ -53,9 +60,17 @@ class RolloutBatch:
         return int(self.response_mask.sum())
 
     def rows(self, index: torch.Tensor) -> RolloutBatch:
-        """The mini-batch of rows ``index`` `[b]`."""
+        """The mini-batch of rows ``index`` `[b]` (int64), copied with ``index_select`` along the rows. The step's
+        log-softmaxes (``rollout_logp``, ``old_logp``) are left out (None): a mini-batch reads the rows it needs
+        from the whole batch's, so nothing copies `[b, T, V]` twice."""
         return replace(
-            self, **{f.name: None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)}
+            self,
+            **{
+                f.name: None
+                if (v := getattr(self, f.name)) is None or f.name in _STEP_LEVEL
+                else v.index_select(0, index)
+                for f in fields(self)
+            },
         )
 
     def mask_inputs(self, anchor: str) -> dict[str, Any]:

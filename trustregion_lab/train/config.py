@@ -69,7 +69,8 @@ class TrainConfig:
     checkpoint_every: int = _f(0, "write a checkpoint every this many steps (0 = never)")
     dose_every: int = _f(
         1,
-        "measure the off-policy dose (dose, tv_after: one more forward) every this many steps (NaN between)",
+        "measure the off-policy dose (dose, tv_after: one extra forward) on steps that are multiples of this "
+        "(1 = every step; other steps' rows get NaN)",
     )
     threads: int = _f(1, "torch CPU threads for the run (0 = leave torch's setting)")
 

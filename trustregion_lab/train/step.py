@@ -18,7 +18,13 @@ With staleness > 0 the engine served older weights and these measure the stalene
 mini-batch update (one more no-grad forward over the batch), μ the engine's report, over response tokens:
     dose = share of tokens with r = π(a)/μ(a) outside [0.8, 1.2],  tv_after = mean exact TV(μ, π) per state
 (π(a) from float32 logits, r in float64; the exact TV per state in float32, its mean in float64). It includes the
-staleness gap and the engine's own mismatch, as the update sees them.
+staleness gap and the engine's own mismatch, as the update sees them. The trainer runs it (and its forward) only
+on steps that are multiples of ``TrainConfig.dose_every`` (NaN in the other rows).
+
+Each log-softmax over the vocabulary is computed once per step: the trainer's ``prepare`` keeps
+log_softmax(rollout_logits) and log_softmax(old_logits) on the batch (``rollout_logp``, ``old_logp``), ``update``
+reuses the log-softmax its loss takes for the exact TV/KL, and every exact TV/KL comes from log-probs
+(``divergence.exact_tv_kl_logp``).
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ _POOLING_WEIGHT = {
     "mismatch_k3": "valid_tokens",
     "chi2": "valid_tokens",
 }
+_LOGP_NAMES = {"log_mu": "rollout_logp", "log_pi": "logp"}
 
 
 class MetricPool:
@@ -104,9 +111,31 @@ def _mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float(values.double()[mask].sum()) / n if n else math.nan
 
 
+def _log_softmax(logp: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """The batch's stored log-softmax when ``prepare`` filled it, else log_softmax(logits) in float32."""
+    return logp if logp is not None else torch.log_softmax(logits.float(), -1)
+
+
+def _states(values: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """The states ``flat`` `[n]` (indices into the flattened leading dims) of ``values`` `[..., V]` → `[n, V]`;
+    with flat = mask.flatten().nonzero() the same rows in the same order as ``values[mask]``, copied faster."""
+    return values.reshape(-1, values.shape[-1]).index_select(0, flat)
+
+
+def _flat(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of ``mask`` in its flattened order `[n]` (int64)."""
+    return mask.reshape(-1).nonzero().squeeze(-1)
+
+
 @torch.no_grad()
 def start_metrics(batch: RolloutBatch) -> dict[str, float]:
-    """The step's equal-weight diagnostics (module docstring); needs ``batch.old_logits``/``old_logprob``."""
+    """The step's equal-weight diagnostics (module docstring); needs ``batch.old_logits``/``old_logprob``.
+
+    Reads the step's log-softmaxes ``batch.rollout_logp`` and ``batch.old_logp`` (computed from the logits when
+    absent): exact TV/KL and the entropy H(π_old) = −Σ_v p_v log p_v (p = exp(``old_logp``), renormalised) in
+    one pass of ``divergence.exact_tv_kl_logp`` over the response states, per state in float32, means in
+    float64.
+    """
     mask = batch.response_mask
     if batch.old_logits is None or batch.old_logprob is None or not bool(mask.any()):
         return dict.fromkeys(START_METRICS, math.nan)
@@ -114,10 +143,15 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
     diff = lp.exp() - lmu.exp()
     log_r = lp - lmu
     w = torch.exp(log_r - log_r.max())  # ESS is scale-free: normalise by the largest ratio
-    old_logits = batch.old_logits[mask]
-    tv, kl = divergence.exact_tv_kl(batch.rollout_logits[mask], old_logits)
-    # entropy per state in float32 (log-softmax, then −Σ p log p), averaged in float64
-    logp = torch.log_softmax(old_logits.float(), -1)
+    flat = _flat(mask)
+    tv, kl, entropy = divergence.exact_tv_kl_logp(
+        _log_softmax(batch.rollout_logp, batch.rollout_logits),
+        _log_softmax(batch.old_logp, batch.old_logits),
+        mu_rows=flat,
+        pi_rows=flat,
+        entropy=True,
+        names=_LOGP_NAMES,
+    )
     return {
         "mismatch_mean": float(diff.abs().mean()),
         "mismatch_max": float(diff.max()),
@@ -126,7 +160,7 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
         "ess_start": float(w.sum() ** 2 / (w.numel() * (w**2).sum())),
         "tv_exact_start": float(tv.double().mean()),
         "kl_exact_start": float(kl.double().mean()),
-        "entropy": float((-(logp.exp() * logp).sum(-1)).double().mean()),
+        "entropy": float(entropy.double().mean()),
     }
 
 
@@ -134,20 +168,25 @@ def start_metrics(batch: RolloutBatch) -> dict[str, float]:
 def after_metrics(batch: RolloutBatch, logits: torch.Tensor) -> dict[str, float]:
     """The step's off-policy dose (module docstring) from π's logits `[B, T, V]` after the step's last update.
 
-    dose = #{response tokens: π(a)/μ(a) < 0.8 or > 1.2} / #response tokens, μ(a) = exp(``rollout_logprob``);
-    tv_after = mean over response tokens of the exact TV(μ, π) = ½ Σ_v |μ_v − π_v| (μ = softmax(rollout_logits)).
-    Only the response positions are read. NaN for a batch without response tokens.
+    dose = #{response tokens: π(a)/μ(a) < 0.8 or > 1.2} / #response tokens, μ(a) = exp(``rollout_logprob``),
+    log π(a) = z_a − logsumexp(z) in float64 from the float32 logits z;
+    tv_after = mean over response tokens of the exact TV(μ, π) = ½ Σ_v |μ_v − π_v| from log μ =
+    ``batch.rollout_logp`` and log π = z − logsumexp(z) (float32). Only the response positions are read. NaN for a
+    batch without response tokens.
     """
     mask = batch.response_mask
     if not bool(mask.any()):
         return dict.fromkeys(AFTER_METRICS, math.nan)
-    logits = logits.float()[mask]  # [n, V]
+    flat = _flat(mask)
+    logits = _states(logits.float(), flat)  # [n, V]
     picked = logits.gather(-1, batch.tokens[mask].unsqueeze(-1)).squeeze(-1)
-    log_pi = picked.double() - torch.logsumexp(logits, -1).double()
+    lse = torch.logsumexp(logits, -1)
+    log_pi = picked.double() - lse.double()
     ratio = torch.exp(log_pi - batch.rollout_logprob[mask].double())
     low, high = DOSE_BAND
     outside = (ratio < low) | (ratio > high)
-    tv = divergence.tv(batch.rollout_logits[mask], logits)
+    log_mu = _log_softmax(batch.rollout_logp, batch.rollout_logits)
+    tv, _ = divergence.exact_tv_kl_logp(log_mu, logits.sub_(lse[:, None]), mu_rows=flat, names=_LOGP_NAMES)
     return {"dose": float(outside.double().mean()), "tv_after": float(tv.double().mean())}
 
 
@@ -169,12 +208,15 @@ def update(
     clipping) and the loss.
     """
     pool = MetricPool(UPDATE_METRICS)
+    rollout_logp = _log_softmax(batch.rollout_logp, batch.rollout_logits)
+    positions = torch.arange(batch.response_mask.shape[1], device=batch.tokens.device)
     for _ in range(config.epochs):
         for chunk in np.array_split(rng.permutation(batch.num_rows), config.num_minibatches):
             rows = torch.from_numpy(np.sort(chunk)).to(batch.tokens.device)
             mb = batch.rows(rows)
             logits = policy_logits(rows).float()
-            logprob = torch.log_softmax(logits, -1).gather(-1, mb.tokens.unsqueeze(-1)).squeeze(-1)
+            logp = torch.log_softmax(logits, -1)  # [b, T, V], also read by the exact TV/KL below
+            logprob = logp.gather(-1, mb.tokens.unsqueeze(-1)).squeeze(-1)
             loss, metrics = policy_loss(
                 variant.method,
                 logprob=logprob,
@@ -200,7 +242,11 @@ def update(
                 )
             with torch.no_grad():
                 valid = mb.response_mask
-                tv, kl = divergence.exact_tv_kl(mb.rollout_logits[valid], logits.detach()[valid])
+                # the mini-batch's response states, in the batch's flattened [B·T] and in its own [b·T]
+                in_batch = (rows[:, None] * valid.shape[1] + positions)[valid]
+                tv, kl = divergence.exact_tv_kl_logp(
+                    rollout_logp, logp.detach(), mu_rows=in_batch, pi_rows=_flat(valid), names=_LOGP_NAMES
+                )
                 pool.add("tv_exact", float(tv.double().mean()) if tv.numel() else math.nan, tv.numel())
                 pool.add("kl_exact", float(kl.double().mean()) if kl.numel() else math.nan, kl.numel())
             pool.add("grad_norm", grad_norm)
