@@ -117,3 +117,43 @@ def test_the_committed_choice_is_the_rule_applied_to_the_committed_calibration()
     )
     assert choice.task_candidate == regime.REGIME_TASK, choice.reason
     assert choice.levels == regime.REGIME_LEVELS, choice.reason
+
+
+def test_seeds_for_gives_a_configuration_its_own_seed_count_and_seeds_overrides_it(monkeypatch):
+    def run(config, seed):
+        return pd.DataFrame({"x": [config["a"]]})
+
+    preset = Preset(
+        "toy",
+        "toy",
+        run,
+        {"a": 1},
+        grid={"a": [1, 2, 3]},
+        seeds=2,
+        seeds_for=lambda c: 3 if c["a"] == 2 else 2,
+    )
+    plan = plan_sweep(preset)
+    assert [(spec.config["a"], spec.seed) for spec in plan.runs] == [
+        (1, 0),
+        (1, 1),
+        (2, 0),
+        (2, 1),
+        (2, 2),
+        (3, 0),
+        (3, 1),
+    ]
+    assert plan.seeds == 3 and len(plan_sweep(preset, seeds=1).runs) == 3
+    bad = Preset("toy", "toy", run, {"a": 1}, grid={"a": [1]}, seeds_for=lambda c: 0)
+    with pytest.raises(SweepConfigError, match="seeds_for must return a positive int"):
+        plan_sweep(bad)
+    # the map: a cell listed for a third seed gets it for every arm run there, the rest keep two
+    monkeypatch.setattr(regime, "THIRD_SEED_CELLS", (("model-fp8", regime.REGIME_LEVELS[-1]),))
+    runs = plan_sweep(available_presets()["regime-map"]).runs
+    third = {
+        (spec.config["variant"], spec.config["engine"], spec.config["dose_level"])
+        for spec in runs
+        if spec.seed == 2
+    }
+    assert third == {
+        (arm, "model-fp8", regime.REGIME_LEVELS[-1]) for arm in (*regime.CORE_ARMS, *regime.OTHER_ARMS)
+    }

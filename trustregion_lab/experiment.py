@@ -49,6 +49,9 @@ class Preset:
         include: ``include(config: dict) -> bool``, which combinations of the grid the design holds (a study
             that is not a full Cartesian product, e.g. some arms with one engine only); a combination it
             rejects is not run. None: every combination.
+        seeds_for: ``seeds_for(config: dict) -> int``, the number of seeds of one configuration where a study
+            runs more seeds in some cells than in others (e.g. a third seed where arms separate); ``--seeds``
+            overrides it. None: ``seeds`` for every configuration.
         figures: ``figures(table, config_columns) -> {file name: Figure | DataFrame}``, drawing the preset's
             figures (and the tables behind them) from its merged table alone; ``config_columns`` names the
             preset's parameters present in the table. The names end in ``.png`` (a Figure) or ``.csv``
@@ -64,13 +67,14 @@ class Preset:
     validate: Callable[[dict], None] | None = None
     figures: FigureFunction | None = None
     include: Callable[[dict], bool] | None = None
+    seeds_for: Callable[[dict], int] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Preset name must be a non-empty string, got {self.name!r}")
         if not callable(self.run):
             raise TypeError(f"Preset {self.name!r}: run must be callable run(config, seed), got {self.run!r}")
-        for attribute in ("validate", "figures", "include"):
+        for attribute in ("validate", "figures", "include", "seeds_for"):
             value = getattr(self, attribute)
             if value is not None and not callable(value):
                 raise TypeError(f"Preset {self.name!r}: {attribute} must be callable or None, got {value!r}")

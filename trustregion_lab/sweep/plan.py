@@ -223,8 +223,9 @@ def plan_sweep(
     """Expand ``preset`` into runs and validate every configuration (`SweepConfigError` on the first bad one).
 
     ``grid`` entries replace the preset's default grid for their key (a single value fixes the parameter);
-    keys of the preset's grid not named keep their default values. ``seeds`` defaults to ``preset.seeds``;
-    the seeds are ``0 .. seeds - 1``.
+    keys of the preset's grid not named keep their default values. ``seeds`` defaults to ``preset.seeds``
+    (or, for a preset with ``seeds_for``, to its count per configuration); the seeds are ``0 .. seeds - 1``.
+    A preset's ``include`` drops the combinations its design does not hold.
     """
     merged: dict[str, list[Any]] = {key: list(values) for key, values in preset.grid.items()}
     for key, values in (grid or {}).items():
@@ -252,9 +253,22 @@ def plan_sweep(
                 "nothing was run or written"
             )
     _validate_configs(preset, merged, configs)
+    per_config = [
+        _seeds_of(preset, config) if seeds is None and preset.seeds_for is not None else n_seeds
+        for config in configs
+    ]
     runs = [
         RunSpec(config=config, seed=seed, run_id=run_id(config, seed))
-        for config in configs
-        for seed in range(n_seeds)
+        for config, count in zip(configs, per_config)
+        for seed in range(count)
     ]
-    return SweepPlan(preset=preset, base=base, grid=merged, seeds=n_seeds, runs=runs)
+    return SweepPlan(preset=preset, base=base, grid=merged, seeds=max(per_config), runs=runs)
+
+
+def _seeds_of(preset: Preset, config: dict[str, Any]) -> int:
+    count = preset.seeds_for(dict(config))
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise SweepConfigError(
+            f"preset {preset.name!r}: seeds_for must return a positive int, got {count!r} for {config!r}"
+        )
+    return count

@@ -253,7 +253,8 @@ PRESETS: list[Preset] = [
         name="regime-map",
         help="Where the trust region matters: engines fp32/bf16/fp8/int4 x the calibrated dose levels x "
         "pg_is, cispo, ppo, dppo_binary_tv, plus minirl, dppo_topk_tv, ppo_relaxed, tis, icepop, seq_mis and "
-        "gspo on the fp8 engine; 2 seeds, 300 steps (resumable; run with --jobs 2 in the background).",
+        "gspo on the fp8 engine; 2 seeds (3 in the cells where arms separated, once those are known), 300 steps "
+        "(resumable; run with --jobs 2 in the background).",
         run=run_regime_map_preset,
         defaults=_regime_defaults(regime.REGIME_SETTINGS, regime.REGIME_TASK, regime.REGIME_LEVELS[0]),
         grid={
@@ -261,9 +262,10 @@ PRESETS: list[Preset] = [
             "engine": list(regime.MAP_ENGINES),
             "dose_level": list(regime.REGIME_LEVELS),
         },
-        seeds=2,
+        seeds=regime.MAP_SEEDS,
         validate=validate_regime_preset,
         include=regime.in_map,
+        seeds_for=regime.map_seeds,
     ),
     Preset(
         name="regime-map-quick",

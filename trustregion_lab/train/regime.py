@@ -30,6 +30,7 @@ __all__ = [
     "LADDER",
     "MAP_DOSE_EVERY",
     "MAP_ENGINES",
+    "MAP_SEEDS",
     "OTHER_ARMS",
     "OTHER_ARMS_ENGINE",
     "QUICK_SETTINGS",
@@ -37,8 +38,10 @@ __all__ = [
     "REGIME_SETTINGS",
     "REGIME_TASK",
     "TASK_CANDIDATES",
+    "THIRD_SEED_CELLS",
     "in_map",
     "label_fields",
+    "map_seeds",
     "regime_config",
 ]
 
@@ -111,6 +114,18 @@ def label_fields() -> set[str]:
     """The SequenceConfig fields a task candidate or a dose level sets: not parameters of the regime presets
     (a ``--grid lr=...`` would be overridden by the level, so it is refused as an unknown parameter)."""
     return {key for _, fields in (*TASK_CANDIDATES, *LADDER) for key in fields}
+
+
+# the cells (engine, dose level) the first pass of the map (2 seeds) found separated (docs/design.md §9.3: some
+# arm's mean final reward ≥ 0.05 from pg_is's); each gets a third seed when the same command is run again.
+# Filled from figures/regime-map/regime_cells.csv once the first pass is complete (a test keeps them equal).
+THIRD_SEED_CELLS: tuple[tuple[str, str], ...] = ()
+MAP_SEEDS = 2
+
+
+def map_seeds(config: dict[str, Any]) -> int:
+    """Seeds of a configuration of the map: 3 in a cell of ``THIRD_SEED_CELLS``, else 2."""
+    return MAP_SEEDS + 1 if (config["engine"], config["dose_level"]) in THIRD_SEED_CELLS else MAP_SEEDS
 
 
 def in_map(config: dict[str, Any]) -> bool:
