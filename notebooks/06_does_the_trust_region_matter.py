@@ -29,8 +29,10 @@
 #   fp16 engine, staleness, 2 epochs, …) for PG-IS and Binary TV, seed 0;
 # - `figures/stability/stability_verdict.csv`: each arm's seed counts and the claims.
 #
-# A regime map with a dose axis (how much mismatch is needed before the region matters) is not among the committed
-# tables yet; the notebook reads what exists and says so where that axis would go.
+# - `figures/regime-map/calibration/regime_calibration.csv`: the regime map's dose ladder (docs/design.md §9.3),
+#   one `ppo` run with the matched engine per rung, from the stability study's setting to rungs where training
+#   fails; and, once committed, `figures/regime-map/regime_map.csv`, the map itself (arms × engines × dose levels).
+#   Until the map is committed, section 4 walks the ladder alone.
 #
 # Each run is scored by docs/design.md §7: **drift** = the 10-step median of the mismatch reaches twice its
 # running minimum for 20 steps; **collapse** = the smoothed reward falls 0.05 below its best and stays there (or the
@@ -68,8 +70,15 @@ STUDIES = {
 }
 for name, frame in STUDIES.items():
     print(f"{name}: {len(frame)} runs, arms {sorted(frame['variant'].unique())}")
-regime_maps = sorted(ROOT.parent.glob("regime*/*.csv"))
-print("regime-map tables:", [str(p.relative_to(ROOT.parent)) for p in regime_maps] or "none committed yet")
+REGIME = ROOT.parent / "regime-map"
+calibration = pd.read_csv(REGIME / "calibration" / "regime_calibration.csv")
+map_path = REGIME / "regime_map.csv"
+regime_map = pd.read_csv(map_path) if map_path.exists() else None
+print(
+    f"dose ladder: {len(calibration)} rungs;",
+    "regime map:",
+    f"{len(regime_map)} runs" if regime_map is not None else "not committed yet",
+)
 
 # %% [markdown]
 # ## 1. The verdicts
@@ -233,7 +242,64 @@ ax.legend(fontsize=7, loc="upper left")
 plt.show()
 
 # %% [markdown]
-# ## 4. The answer
+# ## 4. The dose axis
+#
+# The studies above moved the engine's numerics. The classical reason for a trust region is different: updates
+# that move the policy far from the policy that sampled the data (a large lr, rollouts k steps stale as in an
+# asynchronous trainer, several epochs per batch). The regime map measures that *dose* as the share of response
+# tokens whose π(a)/μ(a) after the update lies outside [0.8, 1.2]. Its calibration ran `ppo` with the matched
+# engine up a ladder of rungs; slide along it (`trustregion_lab.explore.regime_view`). Shaded bars are the rungs
+# the map runs; with the map committed, the engine drop-down shows every arm at the chosen rung.
+
+# %%
+levels = list(calibration["dose_level"].astype(str))
+level_choice = widgets.SelectionSlider(options=levels, value="L4", description="rung")
+engines = sorted(regime_map["engine"].unique()) if regime_map is not None else ["(map not committed)"]
+engine_choice_map = widgets.Dropdown(options=engines, description="engine")
+in_map = calibration["map_level"].astype(str).str.lower().eq("true")
+
+
+def show_rung(level: str, engine: str):
+    view = explore.regime_view(calibration, level, regime_map, None if regime_map is None else engine)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
+    x = np.arange(len(levels))
+    colors = ["tab:blue" if m else "0.75" for m in in_map]
+    axes[0].bar(
+        x, calibration["final_reward"], color=colors, alpha=0.8, label="final reward (last 100 steps)"
+    )
+    axes[0].plot(x, calibration["start_reward"], "k_", ms=18, mew=2, label="reward, first 25 steps")
+    axes[0].axvline(levels.index(level), color="tab:red", lw=2)
+    axes[0].set(xticks=x, xticklabels=levels, ylim=(0, 1), ylabel="ppo's training reward", xlabel="rung")
+    axes[0].legend(fontsize=8, loc="lower left")
+    axes[1].semilogy(x, calibration["dose"], "D-", color="tab:purple")
+    axes[1].axvline(levels.index(level), color="tab:red", lw=2)
+    axes[1].set(
+        xticks=x, xticklabels=levels, xlabel="rung", ylabel="dose (share of tokens, π/μ ∉ [0.8, 1.2])"
+    )
+    fig.suptitle(view["sentence"], fontsize=9)
+    plt.show()
+    if view["arms"] is not None:
+        print(view["arms"].round(3).to_string(index=False))
+    return view
+
+
+rung_panel = explore.controls(show_rung, level=level_choice, engine=engine_choice_map)
+rung_panel
+
+# %%
+ladder = calibration.set_index("dose_level")
+first_failure = next(level for level in levels if str(ladder.loc[level, "failed"]).lower() == "true")
+print(
+    f"first failing rung: {first_failure} (dose {ladder.loc[first_failure, 'dose']:.3f}); the rungs the map runs:",
+    [level for level, m in zip(levels, in_map) if m],
+)
+assert ladder["dose"].is_monotonic_increasing, (
+    "the ladder's dose no longer rises rung by rung: update the text"
+)
+assert str(ladder.loc["L0", "failed"]).lower() == "false"
+
+# %% [markdown]
+# ## 5. The answer
 #
 # On this toy, **no**: the trust region did not matter, because nothing pushed the policy to where it would. The
 # numbers come from the tables above (`counts`):
@@ -247,8 +313,10 @@ plt.show()
 # nearly impossible (min(π − μ) near −1), which this small dense model never produced, with short or long answers
 # and under every single-knob change of the search. Either the mechanism needs what the toy lacks (MoE routing
 # flips, far larger vocabularies and much longer responses, thousands of steps) or it belongs to large models.
-# The dose axis a regime map would add — how much mismatch it takes before the masks matter — is the missing
-# piece; when its tables are committed, this notebook is where to read them.
+# The dose axis (section 4) shows the other side: moving the update away from the data's policy (4 steps of
+# staleness at lr 3e-4 and beyond) breaks training even for `ppo`, which the calibration used. Whether the trust
+# region separates the arms there — and whether the engine's numerics move that boundary — is what the regime
+# map's table answers; until it is committed (`regime_map` above is None), this notebook cannot say.
 
 # %%
 assert not flag["drifted"].any() and not flag["collapsed"].any() and flag["stable"].all(), (

@@ -242,3 +242,58 @@ def test_controls_calls_the_function_once_with_the_defaults() -> None:
 
     panel = explore.controls(f, x=(1.0, 3.0), name=["a", "b"])
     assert len(calls) == 1 and panel.result == 2 * calls[0][0]
+
+
+def _calibration(rng) -> pd.DataFrame:
+    levels = [f"L{i}" for i in range(5)]
+    dose = np.sort(rng.uniform(1e-4, 0.2, size=5))
+    final = np.array([0.8, 0.9, 0.7, 0.4, 0.01])
+    return pd.DataFrame(
+        {
+            "dose_level": levels,
+            "lr": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
+            "staleness": [0, 0, 0, 4, 4],
+            "epochs": 1,
+            "dose": dose,
+            "start_reward": 0.5,
+            "final_reward": final,
+            "failed": final <= 0.4,
+        }
+    )
+
+
+def test_regime_view_walks_the_ladder(rng) -> None:
+    calibration = _calibration(rng)
+    views = [explore.regime_view(calibration, level) for level in calibration["dose_level"]]
+    assert [v["rung"]["dose"] for v in views] == list(calibration["dose"])
+    assert [v["failed"] for v in views] == [False, False, False, True, True]
+    assert "staleness 4" in views[3]["sentence"] and views[3]["sentence"].endswith("and failed")
+    assert views[0]["arms"] is None
+    with pytest.raises(ValueError, match="level must be one of"):
+        explore.regime_view(calibration, "L9")
+    with pytest.raises(ValueError, match="'dose' column"):
+        explore.regime_view(calibration.drop(columns="dose"), "L0")
+
+
+def test_regime_view_reads_the_map_cell_against_pg_is(rng) -> None:
+    calibration = _calibration(rng)
+    rows = []
+    for engine in ("model-fp32", "model-fp8"):
+        for level in ("L0", "L3"):
+            for arm, base in (("pg_is", 0.3), ("ppo", 0.6)):
+                for seed in range(2):
+                    reward = base + rng.uniform(-0.05, 0.05)
+                    rows.append((arm, engine, level, seed, reward, arm == "pg_is" and level == "L3"))
+    summary = pd.DataFrame(
+        rows, columns=["variant", "engine", "dose_level", "seed", "final_reward", "collapsed"]
+    )
+    view = explore.regime_view(calibration, "L3", summary, "model-fp8")
+    arms = view["arms"].set_index("variant")
+    cell = summary[(summary["engine"] == "model-fp8") & (summary["dose_level"] == "L3")]
+    expected = cell.groupby("variant")["final_reward"].mean()
+    np.testing.assert_allclose(arms["final_reward"], expected.loc[arms.index])
+    assert arms.loc["ppo", "diff_vs_pg_is"] == pytest.approx(expected["ppo"] - expected["pg_is"])
+    assert arms.loc["pg_is", "collapsed"] == 2 and arms.loc["ppo", "collapsed"] == 0
+    assert explore.regime_view(calibration, "L1", summary, "model-fp8")["arms"] is None  # no map cell there
+    with pytest.raises(ValueError, match="engine must be one of"):
+        explore.regime_view(calibration, "L3", summary, "model-int4")

@@ -11,6 +11,7 @@ values. ``controls`` wraps a function in ipywidgets when they are installed.
     bandit_curve(table, variant, lr)                            04: one run of a cached bandit table
     matched_delta_at(table, epsilon)                            05: the δ matching ε per mask and entropy bucket
     stability_view(summary, engine, variant)                    06: one arm of the stability study, seed by seed
+    regime_view(calibration, level, cells_summary, engine)      06: one rung of the dose ladder (and the map there)
 
 Layer: reads divergence, masks, mismatch and analysis; imports nothing from train, sweep or report (the bandit
 table is built by the notebook from ``trustregion_lab.train``), and no lower module imports it.
@@ -36,6 +37,7 @@ __all__ = [
     "controls",
     "matched_delta_at",
     "mismatch_by_mu",
+    "regime_view",
     "stability_view",
     "token_regions",
     "token_verdict",
@@ -352,6 +354,55 @@ def stability_view(summary: pd.DataFrame, engine: str, variant: str) -> dict[str
         "final_reward": float(runs["final_reward"].mean()) if "final_reward" in runs else float("nan"),
         "mask_frac": float(runs["mask_frac_mean"].mean()) if "mask_frac_mean" in runs else float("nan"),
     }
+
+
+def regime_view(
+    calibration: pd.DataFrame,
+    level: str,
+    map_summary: pd.DataFrame | None = None,
+    engine: str | None = None,
+) -> dict[str, Any]:
+    """One rung of the regime map's dose ladder (docs/design.md §9.3) and, when the map's table is given, every
+    arm at that rung with one engine.
+
+    calibration: ``regime_calibration.csv`` (one row per calibration run: dose_level, lr, staleness, epochs, dose,
+    start_reward, final_reward, failed, ...); map_summary: ``regime_map.csv`` (one row per run: variant, engine,
+    dose_level, seed, final_reward, collapsed) or None. Returns rung (the calibration row), sentence, and with a
+    map: arms = per arm, the mean final reward over seeds, its difference from pg_is's in the same cell
+    (diff = mean_arm − mean_pg_is) and the number of seeds that collapsed (§7).
+    """
+    needed = ("dose_level", "lr", "staleness", "epochs", "dose", "start_reward", "final_reward", "failed")
+    for column in needed:
+        if column not in calibration.columns:
+            raise ValueError(f"calibration must have a {column!r} column (a regime_calibration.csv table)")
+    check_choice("level", level, list(calibration["dose_level"].astype(str)))
+    rung = calibration[calibration["dose_level"].astype(str) == level].iloc[0]
+    failed = str(rung["failed"]).lower() == "true"
+    sentence = (
+        f"{level}: lr {rung['lr']:g}, staleness {int(rung['staleness'])}, {int(rung['epochs'])} epoch(s): "
+        f"dose {rung['dose']:.2g} (share of tokens with π/μ outside [0.8, 1.2] after the update); ppo with the "
+        f"matched engine went from {rung['start_reward']:.2f} to {rung['final_reward']:.2f}"
+        + (" and failed" if failed else "")
+    )
+    out: dict[str, Any] = {"rung": rung, "sentence": sentence, "failed": failed, "arms": None}
+    if map_summary is None or map_summary.empty:
+        return out
+    for column in ("variant", "engine", "dose_level", "seed", "final_reward", "collapsed"):
+        if column not in map_summary.columns:
+            raise ValueError(f"map_summary must have a {column!r} column (a regime_map.csv table)")
+    check_choice("engine", engine, sorted(map_summary["engine"].unique()))
+    cell = map_summary[(map_summary["engine"] == engine) & (map_summary["dose_level"].astype(str) == level)]
+    if cell.empty:
+        return out
+    collapsed = cell["collapsed"].astype(str).str.lower().eq("true")
+    arms = (
+        cell.assign(collapsed=collapsed)
+        .groupby("variant")
+        .agg(final_reward=("final_reward", "mean"), seeds=("seed", "nunique"), collapsed=("collapsed", "sum"))
+    )
+    reference = arms["final_reward"].get("pg_is", float("nan"))
+    out["arms"] = arms.assign(diff_vs_pg_is=arms["final_reward"] - reference).reset_index()
+    return out
 
 
 # --- widgets ------------------------------------------------------------------------------------------------
