@@ -50,6 +50,8 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 import trustregion_lab
 from trustregion_lab import explore
@@ -264,13 +266,22 @@ def show_rung(level: str, engine: str):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
     x = np.arange(len(levels))
     colors = ["tab:blue" if m else "0.75" for m in in_map]
-    axes[0].bar(
-        x, calibration["final_reward"], color=colors, alpha=0.8, label="final reward (last 100 steps)"
-    )
-    axes[0].plot(x, calibration["start_reward"], "k_", ms=18, mew=2, label="reward, first 25 steps")
+    axes[0].bar(x, calibration["final_reward"], color=colors, alpha=0.8)
+    for i, failed in enumerate(calibration["failed"].astype(str).str.lower().eq("true")):
+        if failed:
+            axes[0].text(
+                i, 0.03, "failed", rotation=90, ha="center", va="bottom", fontsize=8, color="tab:red"
+            )
+    axes[0].plot(x, calibration["start_reward"], "k_", ms=18, mew=2)
     axes[0].axvline(levels.index(level), color="tab:red", lw=2)
-    axes[0].set(xticks=x, xticklabels=levels, ylim=(0, 1), ylabel="ppo's training reward", xlabel="rung")
-    axes[0].legend(fontsize=8, loc="lower left")
+    axes[0].set(xticks=x, xticklabels=levels, ylim=(0, 1.45), yticks=np.linspace(0, 1, 6), xlabel="rung")
+    axes[0].set_ylabel("ppo's training reward")
+    handles = [
+        Patch(color="tab:blue", alpha=0.8, label="final reward (last 100 steps), a rung of the map"),
+        Patch(color="0.75", label="final reward, a rung the map skips"),
+        Line2D([], [], color="k", marker="_", ls="", ms=12, mew=2, label="reward, first 25 steps"),
+    ]
+    axes[0].legend(handles=handles, fontsize=7, loc="upper center", ncol=2)
     axes[1].semilogy(x, calibration["dose"], "D-", color="tab:purple")
     axes[1].axvline(levels.index(level), color="tab:red", lw=2)
     axes[1].set(

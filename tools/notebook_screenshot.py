@@ -1,6 +1,8 @@
-"""Open notebook 01 in JupyterLab in a real headless browser, move a slider and save screenshots before and after.
+"""Open a notebook (01 or 06) in JupyterLab in a real headless browser, move a slider and save screenshots before
+and after.
 
     python tools/notebook_screenshot.py                      # docs/notebook01_before.png, docs/notebook01_after.png
+    python tools/notebook_screenshot.py --notebook 06 --presses -2 --out-dir /tmp/shots   # 06's dose-ladder slider
     python tools/notebook_screenshot.py --slider mu --presses 8 --out-dir /tmp/shots
     python tools/notebook_screenshot.py --drag -60           # drag the handle 60 px left instead of arrow keys
 
@@ -37,7 +39,27 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK = REPO / "notebooks" / "01_ratio_vs_divergence.py"
+# per notebook: its file, its sliders (option name -> the slider's label), the default slider, and the Python that
+# prints the panel's current answer from the notebook's kernel
+NOTEBOOKS: dict[str, dict[str, Any]] = {
+    "01": {
+        "path": REPO / "notebooks" / "01_ratio_vs_divergence.py",
+        "sliders": {"mu": "μ(a)", "pi": "π(a)"},
+        "slider": "pi",
+        # the interactive panel keeps the last answer of show_token in ``token_panel.result``
+        "answer": (
+            "import json as _json\n"
+            "print(_json.dumps({_k: token_panel.result[_k] for _k in "
+            "('mu', 'pi', 'PPO ratio clip', 'Binary TV', 'Binary KL')}, ensure_ascii=False))"
+        ),
+    },
+    "06": {
+        "path": REPO / "notebooks" / "06_does_the_trust_region_matter.py",
+        "sliders": {"rung": "rung"},
+        "slider": "rung",
+        "answer": "print(rung_panel.result['sentence'])",  # show_rung's view of the chosen rung
+    },
+}
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -49,7 +71,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-SLIDER_LABELS = {"mu": "μ(a)", "pi": "π(a)"}
 # JupyterLab settings for a clean, reproducible page: no news/update pop-ups, every cell kept in the DOM
 LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": (
@@ -90,12 +111,6 @@ JS_KERNEL_PRINT = """async (code) => {
   await future.done;
   return out;
 }"""
-# The notebook's interactive panel keeps the last answer of show_token in ``token_panel.result``
-VERDICT_CODE = (
-    "import json as _json\n"
-    "print(_json.dumps({_k: token_panel.result[_k] for _k in "
-    "('mu', 'pi', 'PPO ratio clip', 'Binary TV', 'Binary KL')}, ensure_ascii=False))"
-)
 
 
 class Failure(Exception):
@@ -112,19 +127,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _prepare_folder(tmp: Path) -> Path:
-    """Convert notebook 01 to .ipynb under tmp/notebooks (with the notebooks' data folder) and write the lab
+def _prepare_folder(tmp: Path, source: Path) -> Path:
+    """Convert the notebook ``source`` to .ipynb under tmp/notebooks (with the notebooks' data folder) and write the lab
     settings; returns the notebook folder."""
     import jupytext
 
     folder = tmp / "notebooks"
     folder.mkdir()
-    data = NOTEBOOK.parent / "data"
+    data = source.parent / "data"
     if data.is_dir():
         shutil.copytree(data, folder / "data")
-    notebook = jupytext.read(NOTEBOOK)
+    notebook = jupytext.read(source)
     notebook.metadata.pop("jupytext", None)  # a plain .ipynb: no pairing for jupytext's contents manager
-    jupytext.write(notebook, folder / f"{NOTEBOOK.stem}.ipynb")
+    jupytext.write(notebook, folder / f"{source.stem}.ipynb")
     settings = tmp / "lab-settings"
     for name, text in LAB_SETTINGS.items():
         path = settings / name
@@ -227,11 +242,12 @@ def _panel_state(panel: Any, slider: Any) -> dict[str, Any]:
     return {"readout": slider.locator(".widget-readout").inner_text().strip(), "png": png}
 
 
-def _verdict(page: Any) -> str:
-    """The panel's current answer, asked from the kernel: μ, π and each rule's kept / dropped."""
-    text = page.evaluate(JS_KERNEL_PRINT, VERDICT_CODE).strip()
+def _verdict(page: Any, code: str) -> str:
+    """The panel's current answer, asked from the kernel (01: μ, π and each rule's kept / dropped; 06: the rung's
+    sentence)."""
+    text = page.evaluate(JS_KERNEL_PRINT, code).strip()
     if not text or text.startswith("ERROR"):
-        raise Failure(f"could not read token_panel.result from the kernel: {text or 'no output'}")
+        raise Failure(f"could not read the panel's answer from the kernel: {text or 'no output'}")
     return text
 
 
@@ -285,7 +301,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="notebook-screenshot-"))
     server = None
     try:
-        folder = _prepare_folder(tmp)
+        target = NOTEBOOKS[args.notebook]
+        source, prefix = target["path"], f"notebook{args.notebook}"
+        folder = _prepare_folder(tmp, source)
         port, token = _free_port(), secrets.token_hex(24)
         with open(tmp / "jupyterlab.log", "wb") as log_file:
             server = _start_lab(tmp, folder, port, token, log_file)
@@ -300,7 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         viewport={"width": args.width, "height": args.height}, device_scale_factor=args.scale
                     )
                     page.set_default_timeout(args.timeout * 1000)
-                    page.goto(f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK.stem}.ipynb?token={token}")
+                    page.goto(f"http://127.0.0.1:{port}/lab/tree/{source.stem}.ipynb?token={token}")
                     page.wait_for_selector(".jp-Notebook .jp-Cell")
                     try:
                         _run_notebook(page, timeout=args.timeout)
@@ -309,7 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             page.screenshot(path=tmp / "failure.png")
                         raise
 
-                    label = SLIDER_LABELS[args.slider]
+                    label = target["sliders"][args.slider or target["slider"]]
                     panel = page.locator(".widget-interact").filter(
                         has=page.locator(".widget-label", has_text=label)
                     )
@@ -322,10 +340,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     page.mouse.move(0, 0)
                     before = _panel_state(panel, slider)
-                    before["verdict"] = _verdict(page)
+                    before["verdict"] = _verdict(page, target["answer"])
                     if not before["png"]:
                         raise Failure("the interactive panel shows no plot before the slider moves")
-                    _screenshot(panel, args.out_dir / "notebook01_before.png")
+                    _screenshot(panel, args.out_dir / f"{prefix}_before.png")
 
                     how = (
                         f"drag of {args.drag:+g} px"
@@ -335,9 +353,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     _log(f"moving {label} by {how} from {before['readout']}")
                     _move_slider(page, slider, args.presses, args.drag)
                     after = _wait_for_redraw(page, panel, slider, before, timeout=args.timeout)
-                    after["verdict"] = _verdict(page)
+                    after["verdict"] = _verdict(page, target["answer"])
                     page.mouse.move(0, 0)
-                    _screenshot(panel, args.out_dir / "notebook01_after.png")
+                    _screenshot(panel, args.out_dir / f"{prefix}_after.png")
                 finally:
                     browser.close()
     finally:
@@ -359,7 +377,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out-dir", type=Path, default=REPO / "docs", help="where the PNGs go (default docs/)"
     )
-    parser.add_argument("--slider", choices=sorted(SLIDER_LABELS), default="pi", help="which slider to move")
+    parser.add_argument(
+        "--notebook", choices=sorted(NOTEBOOKS), default="01", help="which notebook (default 01)"
+    )
+    sliders = sorted({name for target in NOTEBOOKS.values() for name in target["sliders"]})
+    parser.add_argument(
+        "--slider", choices=sliders, default=None, help="which slider to move (default: 01 pi, 06 rung)"
+    )
     parser.add_argument(
         "--presses",
         type=int,
@@ -380,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-temp", action="store_true", help="keep the temporary folder (JupyterLab's log)"
     )
     args = parser.parse_args(argv)
+    if args.slider is not None and args.slider not in NOTEBOOKS[args.notebook]["sliders"]:
+        parser.error(
+            f"notebook {args.notebook} has the sliders {sorted(NOTEBOOKS[args.notebook]['sliders'])}"
+        )
     if args.presses == 0 and args.drag is None:
         parser.error("--presses must not be 0")
     if args.timeout <= 0 or args.width < 400 or args.height < 400 or args.scale <= 0:
