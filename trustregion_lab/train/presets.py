@@ -257,10 +257,12 @@ PRESETS: list[Preset] = [
         "(resumable; run with --jobs 2 in the background).",
         run=run_regime_map_preset,
         defaults=_regime_defaults(regime.REGIME_SETTINGS, regime.REGIME_TASK, regime.REGIME_LEVELS[0]),
+        # cell by cell (a dose level, then an engine, then every arm there), highest dose first, so a map stopped
+        # part way holds whole cells
         grid={
-            "variant": [*regime.CORE_ARMS, *regime.OTHER_ARMS],
+            "dose_level": list(reversed(regime.REGIME_LEVELS)),
             "engine": list(regime.MAP_ENGINES),
-            "dose_level": list(regime.REGIME_LEVELS),
+            "variant": [*regime.CORE_ARMS, *regime.OTHER_ARMS],
         },
         seeds=regime.MAP_SEEDS,
         validate=validate_regime_preset,
