@@ -6,6 +6,7 @@ tests/test_sweep_faults.py; the presets' validation in tests/test_sweep_presets.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -402,3 +403,45 @@ def test_cli_draws_nothing_for_a_preset_without_a_figure_function(tmp_path, monk
     assert not (out / "figures").exists() or not any((out / "figures").iterdir())
     printed = capsys.readouterr().out
     assert "4 runs" in printed and "figure:" not in printed
+
+
+# ------------------------------------------------------------------------------------------ figures so far
+def test_so_far_draws_the_finished_runs_only_and_writes_no_table(tmp_path, monkeypatch, capsys):
+    """A long sweep in the background: ``--so-far`` draws the figures of the runs finished so far (verified files
+    only, in plan order) into <out>/figures-so-far and runs nothing; table.csv, which means finished, stays
+    unwritten; a folder with no finished run, or none at all, is a one-line error."""
+    from trustregion_lab.sweep import cli
+
+    seen = []
+
+    def figures(table, columns):
+        seen.append((table.copy(), list(columns)))
+        return {"runs.csv": table[["x", "seed"]].drop_duplicates()}
+
+    preset = dataclasses.replace(_counting_preset(tmp_path / "calls.log"), figures=figures)
+    monkeypatch.setattr(cli, "available_presets", lambda: {preset.name: preset})
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as missing:
+        cli.main(["--preset", preset.name, "--out", str(out), "--so-far"])
+    assert missing.value.code == 2 and "does not exist" in capsys.readouterr().err
+    assert cli.main(["--preset", preset.name, "--out", str(out), "--no-figures", "--quiet"]) == 0
+    (out / "table.csv").unlink()
+    runs = sorted((out / "runs").glob("*.csv"))
+    runs[0].unlink()  # as if that run were still going
+    (runs[1].with_suffix(".json")).write_text("{}")  # and that one's record were not written yet
+    calls = len(_calls(tmp_path / "calls.log"))
+    assert cli.main(["--preset", preset.name, "--out", str(out), "--so-far"]) == 0
+    assert len(_calls(tmp_path / "calls.log")) == calls  # nothing ran
+    assert not (out / "table.csv").exists()
+    table, columns = seen[-1]
+    assert len(table) == 2 * 2 and set(columns) >= {"x", "y"}  # 2 of 4 runs, 2 rows each
+    drawn = pd.read_csv(out / "figures-so-far" / "runs.csv")
+    assert len(drawn) == 2
+    assert "2 of 4 runs finished" in capsys.readouterr().out
+    for path in (out / "runs").glob("*.csv"):
+        path.unlink()
+    with pytest.raises(SystemExit) as none:
+        cli.main(["--preset", preset.name, "--out", str(out), "--so-far"])
+    assert none.value.code == 2 and "none of the 4 runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--preset", preset.name, "--out", str(out), "--so-far", "--no-figures"])

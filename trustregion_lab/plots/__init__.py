@@ -55,7 +55,7 @@ from trustregion_lab.plots.analysis import (
     vocab_scaling_figures,
 )
 from trustregion_lab.plots.common import DPI, MIN_TOKENS, Outputs
-from trustregion_lab.plots.driver import ResultsError, draw_figures, main
+from trustregion_lab.plots.driver import ResultsError, draw_figures, draw_table_figures, main
 from trustregion_lab.plots.regime_map import (
     plot_regime_calibration,
     plot_regime_map,
@@ -80,6 +80,7 @@ __all__ = [
     "analysis_suite_figures",
     "calibration_figures",
     "draw_figures",
+    "draw_table_figures",
     "estimator_figures",
     "figures_for",
     "main",

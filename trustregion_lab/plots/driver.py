@@ -23,7 +23,7 @@ import pandas as pd
 from trustregion_lab.plots.common import Outputs, save_output
 from trustregion_lab.plots.registry import PRESET_FIGURES
 
-__all__ = ["ResultsError", "draw_figures", "main"]
+__all__ = ["ResultsError", "draw_figures", "draw_table_figures", "main"]
 
 
 class ResultsError(ValueError):
@@ -102,6 +102,19 @@ def draw_figures(
                 f"{results_dir} holds results of preset {name!r}, which is not a preset of this code"
             )
         figures = PRESET_FIGURES[name]
+    return draw_table_figures(table, parameters, figures_dir, figures)
+
+
+def draw_table_figures(
+    table: pd.DataFrame,
+    parameters: Sequence[str],
+    figures_dir: str | os.PathLike,
+    figures: Callable[[pd.DataFrame, list[str]], Outputs],
+) -> list[Path]:
+    """Call ``figures(table, the parameters present in the table)`` and write its outputs into ``figures_dir``
+    (PNGs, CSVs beside them); returns the paths of the PNGs. `draw_figures` reads the table of a finished sweep;
+    the sweep's ``--so-far`` passes the runs finished so far."""
+    figures_dir = Path(figures_dir)
     outputs = figures(table, [name for name in parameters if name in table.columns])
     written: list[Path] = []
     for file_name, output in outputs.items():

@@ -45,6 +45,9 @@ examples:
   python -m trustregion_lab.sweep --preset estimators --backend ray --jobs 2
   python -m trustregion_lab.sweep --preset estimators --backend ray --address auto
 
+  # while a long sweep runs in the background: the figures of the runs finished so far (runs nothing)
+  python -m trustregion_lab.sweep --preset regime-map --out results/regime-map --so-far
+
   # redraw the figures of a finished sweep from its stored tables
   python -m trustregion_lab.plots results/default
 
@@ -114,6 +117,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="where the figures go (default: <out>/figures)",
     )
     parser.add_argument("--no-figures", action="store_true", help="do not draw figures at the end")
+    parser.add_argument(
+        "--so-far",
+        action="store_true",
+        help="run nothing: draw the figures of the runs finished so far in --out (e.g. while a long sweep runs "
+        "in the background) into --figures-dir, default <out>/figures-so-far; table.csv is not written",
+    )
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -190,11 +199,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("argument --address: only used with --backend ray")
     preset = presets[args.preset]
     out_dir = Path(args.out) if args.out else Path("results") / preset.name
+    if args.so_far:
+        if args.no_figures:
+            parser.error("argument --so-far: draws figures; it cannot be combined with --no-figures")
+        figures_dir = Path(args.figures_dir) if args.figures_dir else out_dir / "figures-so-far"
+        return _so_far(parser, args, preset, out_dir, figures_dir)
     figures_dir = Path(args.figures_dir) if args.figures_dir else out_dir / "figures"
     try:
         return _run(parser, args, preset, out_dir, figures_dir)
     except KeyboardInterrupt as exc:
         return _interrupted(out_dir, exc)
+
+
+def _so_far(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    preset: Preset,
+    out_dir: Path,
+    figures_dir: Path,
+) -> int:
+    """``--so-far``: the figures of the runs of this command's plan finished so far; nothing runs."""
+    try:
+        plan = plan_sweep(preset, parse_grid_args(args.grid, preset.defaults), args.seeds)
+        if not out_dir.is_dir():
+            raise SweepConfigError(f"--out {out_dir} does not exist: no run of this sweep has started there")
+        store.check_folder(out_dir, plan)
+        store.check_writable_folder(figures_dir, "--figures-dir")
+    except SweepConfigError as exc:
+        parser.error(str(exc))
+    table, done = store.merge_finished(out_dir, plan)
+    if table is None:
+        parser.error(f"--so-far: none of the {len(plan.runs)} runs in {out_dir} has finished yet")
+    written: list[Path] = []
+    if preset.figures is not None:
+        from trustregion_lab import plots
+
+        try:
+            written = plots.draw_table_figures(table, list(plan.base), figures_dir, preset.figures)
+        except OSError as exc:
+            parser.error(store.write_error_text(Path(exc.filename or figures_dir), exc))
+    if not args.quiet:
+        print(f"{done} of {len(plan.runs)} runs finished in {out_dir} (the figures show those only)")
+        for path in written:
+            print(f"figure: {path}")
+    return 0
 
 
 def _run(

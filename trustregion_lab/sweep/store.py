@@ -293,6 +293,20 @@ def merge_runs(out_dir: Path, plan: SweepPlan) -> pd.DataFrame:
     return merged
 
 
+def merge_finished(out_dir: Path, plan: SweepPlan) -> tuple[pd.DataFrame | None, int]:
+    """The plan's runs finished so far (verified run files, in plan order) as one table, without writing
+    ``OUT/table.csv`` (which means "finished"); (None, 0) when none has finished. Safe while the sweep runs:
+    run files are written whole (temp file, then rename) and each is checked against its record."""
+    runs_dir = out_dir / RUNS_DIR
+    done = [spec for spec in plan.runs if verify_run(runs_dir, spec.run_id)[0] is not None]
+    if not done:
+        return None, 0
+    frames = [
+        pd.read_csv(runs_dir / f"{spec.run_id}.csv", keep_default_na=False, na_values=[""]) for spec in done
+    ]
+    return pd.concat(frames, ignore_index=True, sort=False), len(done)
+
+
 def warn(message: str) -> None:
     """A warning line on stderr (e.g. a run file that failed verification)."""
     print(f"warning: {message}", file=sys.stderr)
