@@ -37,23 +37,22 @@ Every figure is a `matplotlib.figure.Figure` built without pyplot, so drawing ne
 written through a temporary file and a rename (``trustregion_lab._io``).
 
 Modules: ``common`` (saving, facets, legends, line styles, μ(a)-bucket and log axes), ``analysis`` (the
-analysis presets' figures), ``training`` (the training presets'), ``stability`` (the stability study's),
+analysis presets' figures), ``calibration`` (the ε ↔ δ calibration figure), ``training`` (the training presets'), ``stability`` (the stability study's),
 ``regime_map`` (the regime map's), ``registry`` (`PRESET_FIGURES`), ``driver`` (`draw_figures` and the command
 line).
 """
 
 from trustregion_lab.plots.analysis import (
     analysis_suite_figures,
-    calibration_figures,
     estimator_figures,
     mask_figures,
-    plot_calibration,
     plot_estimator_bias,
     plot_estimators,
     plot_masks,
     plot_vocab_scaling,
     vocab_scaling_figures,
 )
+from trustregion_lab.plots.calibration import calibration_figures, plot_calibration
 from trustregion_lab.plots.common import DPI, MIN_TOKENS, Outputs
 from trustregion_lab.plots.driver import ResultsError, draw_figures, draw_table_figures, main
 from trustregion_lab.plots.regime_map import (

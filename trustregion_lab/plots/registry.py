@@ -11,11 +11,11 @@ from __future__ import annotations
 from trustregion_lab.experiment import FigureFunction
 from trustregion_lab.plots.analysis import (
     analysis_suite_figures,
-    calibration_figures,
     estimator_figures,
     mask_figures,
     vocab_scaling_figures,
 )
+from trustregion_lab.plots.calibration import calibration_figures
 from trustregion_lab.plots.regime_map import regime_calibration_figures, regime_map_figures
 from trustregion_lab.plots.stability import (
     stability_calibration_figures,
