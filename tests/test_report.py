@@ -594,3 +594,17 @@ def test_bad_topk_rows_name_the_row(tmp_path):
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "mass.parquet")
     with pytest.raises(ReportInputError, match=r"mass\.parquet row 4: rollout_topk_logprobs are not"):
         analyse(open_source(tmp_path / "mass.parquet"), progress=False)
+
+
+def test_the_trend_sentence_reads_a_mismatch_that_falls_to_zero_or_rises_from_zero():
+    """A run whose mismatch ends at exactly 0 (an engine that becomes exact) 'fell to 0', not 'fell inf×'."""
+    from trustregion_lab.report.card import _trend
+
+    def by_step(values):
+        return pd.DataFrame({"metric": "mismatch_mean", "step": range(1, len(values) + 1), "value": values})
+
+    falling = _trend(by_step([0.01] * 10 + [0.0] * 10))
+    assert "fell to 0" in falling and "inf" not in falling
+    assert "fell 4.0×" in _trend(by_step([0.04] * 10 + [0.01] * 10))
+    assert "rose 3.0×" in _trend(by_step([0.01] * 10 + [0.03] * 10))
+    assert "went from 0 to 0.01" in _trend(by_step([0.0] * 10 + [0.01] * 10))

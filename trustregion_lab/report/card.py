@@ -56,7 +56,7 @@ def _trend(by_step: pd.DataFrame) -> str | None:
             "bounds the mismatch (the DPPO masks) while it rises."
         )
     elif ratio <= 1 / 1.5:
-        word = f"fell {1 / ratio:.1f}×"
+        word = f"fell {1 / ratio:.1f}×" if ratio > 0 else "fell to 0"
         todo = (
             " What to do: nothing urgent; check it is not an artefact of shorter answers (by_position.csv)."
         )
