@@ -157,3 +157,22 @@ def test_seeds_for_gives_a_configuration_its_own_seed_count_and_seeds_overrides_
     assert third == {
         (arm, "model-fp8", regime.REGIME_LEVELS[-1]) for arm in (*regime.CORE_ARMS, *regime.OTHER_ARMS)
     }
+
+
+def test_the_third_seed_cells_are_the_cells_the_first_pass_separated():
+    """docs/design.md §9.3: a cell gets a third seed when, over seeds 0 and 1, some arm's mean final reward is
+    ≥ 0.05 from pg_is's. Before the map's table is committed no cell has one; after, THIRD_SEED_CELLS is what
+    regime_cells finds in the committed table restricted to the first two seeds."""
+    from pathlib import Path
+
+    from trustregion_lab.analysis.regime_map import regime_cells
+
+    path = Path(__file__).resolve().parents[1] / "figures" / "regime-map" / "regime_map.csv"
+    if not path.exists():
+        assert regime.THIRD_SEED_CELLS == ()
+        return
+    summary = pd.read_csv(path)
+    pairs = regime_cells(summary[summary["seed"] < regime.MAP_SEEDS]).pairs
+    separated = pairs[pairs["separated"].astype(str).str.lower() == "true"]
+    expected = set(zip(separated["engine"], separated["dose_level"]))
+    assert set(regime.THIRD_SEED_CELLS) == expected
