@@ -308,6 +308,9 @@ assert ladder["dose"].is_monotonic_increasing, (
     "the ladder's dose no longer rises rung by rung: update the text"
 )
 assert str(ladder.loc["L0", "failed"]).lower() == "false"
+# the answer below: L4 ends within 0.05 of where it started and collapsed (§7); L5 ends near 0
+assert abs(ladder.loc["L4", "final_reward"] - ladder.loc["L4", "start_reward"]) < 0.05
+assert str(ladder.loc["L4", "collapsed"]).lower() == "true" and ladder.loc["L5", "final_reward"] < 0.05
 
 # %% [markdown]
 # ## 5. The answer
@@ -324,8 +327,9 @@ assert str(ladder.loc["L0", "failed"]).lower() == "false"
 # nearly impossible (min(π − μ) near −1), which this small dense model never produced, with short or long answers
 # and under every single-knob change of the search. Either the mechanism needs what the toy lacks (MoE routing
 # flips, far larger vocabularies and much longer responses, thousands of steps) or it belongs to large models.
-# The dose axis (section 4) shows the other side: moving the update away from the data's policy (4 steps of
-# staleness at lr 3e-4 and beyond) breaks training even for `ppo`, which the calibration used. Whether the trust
+# The dose axis (section 4) shows the other side: moving the update away from the data's policy stalls training
+# at 4 steps of staleness and lr 3e-4 (`ppo`, which the calibration used, ends where it started and collapses by
+# §7's rule on the way) and breaks it at lr 1e-3 (reward to about 0). Whether the trust
 # region separates the arms there — and whether the engine's numerics move that boundary — is what the regime
 # map's table answers; until it is committed (`regime_map` above is None), this notebook cannot say.
 
