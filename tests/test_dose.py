@@ -140,3 +140,20 @@ def test_dose_every_measures_on_its_steps_only_and_trains_the_same():
     np.testing.assert_array_equal(every[rest].to_numpy(), sparse[rest].to_numpy())
     with pytest.raises(ValueError, match="dose_every"):
         BanditConfig(**TINY_BANDIT, dose_every=0)
+
+
+def test_the_dose_forward_builds_no_autograd_graph(monkeypatch, tmp_path):
+    """The after-step forward only measures: it runs without gradient (no activations kept for a backward)."""
+    from trustregion_lab.train import step as step_lib
+
+    seen = []
+    original = step_lib.after_metrics
+
+    def spy(batch, logits):
+        seen.append((torch.is_grad_enabled(), logits.requires_grad))
+        return original(batch, logits)
+
+    monkeypatch.setattr(step_lib, "after_metrics", spy)
+    _sequence(tmp_path, steps=1).train()
+    _bandit(steps=1).train()
+    assert seen == [(False, False), (False, False)]

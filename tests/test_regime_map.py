@@ -265,14 +265,30 @@ def test_no_qualifying_candidate_gives_none_and_the_reason():
         "flat": [0.5] * 5,  # no failure
         "saturated": [0.95, 0.95, 0.92, 0.1, 0.0],  # the level below the failure ends ≥ 0.9
         "at_once": [0.1] * 5,  # fails at the first level: no H
-        "gap": [0.5, math.nan, 0.5, 0.1, 0.1],  # L1 not run before the failure
     }
-    choice = choose_regime(calibration(finals), [*finals, "absent"], LADDER[:5])
+    choice = choose_regime(calibration(finals), list(finals), LADDER[:5])
     assert choice.task_candidate is None and choice.levels == ()
     assert choice.reason.startswith("no candidate qualifies")
-    for text in ("no ladder level failed", "0.92", "already failed", "not run"):
+    for text in ("no ladder level failed", "0.92", "already failed"):
         assert text in choice.reason, text
     assert not choice.candidates["qualifies"].any() and not choice.candidates["chosen"].any()
+
+
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [([0.5, math.nan, 0.5, 0.1, 0.1], "levels ['L1'] not run"), (None, "absent: not run")],
+)
+def test_a_candidate_not_run_in_full_leaves_the_choice_undetermined(first, why):
+    """Candidates are tried in order: while an earlier one has not run its ladder up to its first failure, a
+    later qualifying one is not chosen in its place (e.g. figures drawn with --so-far part way)."""
+    finals = {"good": [0.5, 0.6, 0.7, 0.8, 0.05]}
+    name = "absent" if first is None else "gap"
+    if first is not None:
+        finals = {name: first, **finals}
+    choice = choose_regime(calibration(finals), [name, "good"], LADDER[:5])
+    assert choice.task_candidate is None and choice.levels == ()
+    assert choice.reason.startswith("undetermined") and why in choice.reason
+    assert choose_regime(calibration(finals), ["good", name], LADDER[:5]).task_candidate == "good"
 
 
 # ------------------------------------------------------------------------------------------- cell verdicts
@@ -459,3 +475,57 @@ def test_short_runs_and_unmeasured_doses(rng):
     assert math.isnan(row["dose"]) and row["steps"] == 12
     np.testing.assert_allclose([row["start_reward"], row["final_reward"]], [reward.mean()] * 2, rtol=1e-12)
     assert not row["failed"]  # 12 steps: the first 25 and the last 100 are the same steps
+
+
+def test_runs_that_share_arm_engine_level_and_seed_are_refused_not_merged():
+    """Two runs of one (variant, engine, dose_level, seed) that differ in another parameter (e.g. a --grid over
+    prompt_pool) would be summed into one run of twice the steps: refused, naming the column."""
+    steps = np.arange(1, 121)
+    frames = []
+    for pool, level in ((256, 0.4), (1024, 0.9)):
+        frames.append(
+            pd.DataFrame(
+                {
+                    "variant": "ppo",
+                    "engine": "model-fp32",
+                    "dose_level": "L0",
+                    "seed": 0,
+                    "step": steps,
+                    "reward": level,
+                    "mismatch_mean": 0.001,
+                    "mask_frac": 0.0,
+                    "dose": 0.01,
+                    "tv_after": 0.01,
+                    "prompt_pool": pool,
+                    "run_id": f"run-{pool}",
+                }
+            )
+        )
+    with pytest.raises(ValueError, match=r"2 runs share .*prompt_pool"):
+        regime_run_summary(pd.concat(frames, ignore_index=True))
+    one = regime_run_summary(frames[0])
+    assert len(one) == 1 and one["steps"].iloc[0] == 120
+
+
+def test_verdicts_read_true_false_text_from_a_csv_as_flags():
+    """A summary read back from CSV may hold the flags as text: "False" must not count as a collapse."""
+    rows = []
+    for arm, base in (("pg_is", 0.5), ("ppo", 0.52)):
+        for seed in range(3):
+            rows.append(
+                {
+                    "variant": arm,
+                    "engine": "model-fp32",
+                    "dose_level": "L0",
+                    "seed": seed,
+                    "final_reward": base + 0.001 * seed,
+                    "collapsed": "False",
+                    "dose": 0.01,
+                }
+            )
+    pairs = regime_cells(pd.DataFrame(rows)).pairs
+    assert pairs["collapsed_arm"].tolist() == [0] and pairs["collapsed_pg_is"].tolist() == [0]
+    assert pairs["matters"].tolist() == [False]
+    two = pd.DataFrame(rows).assign(task_candidate=["a", "b"] * 3)
+    with pytest.raises(ValueError, match="several task candidates"):
+        regime_cells(two)

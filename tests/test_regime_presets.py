@@ -74,10 +74,15 @@ def test_include_filters_any_preset_and_must_be_callable():
         return pd.DataFrame({"x": [config["a"] * config["b"]]})
 
     preset = Preset(
-        "toy", "toy", run, {"a": 1, "b": 1}, grid={"a": [1, 2, 3], "b": [1, 2]}, include=lambda c: c["a"] != 2
+        "toy",
+        "toy",
+        run,
+        {"a": 1, "b": 1},
+        grid={"a": [1, 2, 3], "b": [1, 2]},
+        include=lambda c: not (c["a"] == 2 and c["b"] == 2),
     )
     combos = [(spec.config["a"], spec.config["b"]) for spec in plan_sweep(preset).runs]
-    assert combos == [(1, 1), (1, 2), (3, 1), (3, 2)]
+    assert combos == [(1, 1), (1, 2), (2, 1), (3, 1), (3, 2)]
     with pytest.raises(TypeError, match="include must be callable"):
         Preset("toy", "toy", run, {"a": 1}, include="a != 2")
 
@@ -176,3 +181,64 @@ def test_the_third_seed_cells_are_the_cells_the_first_pass_separated():
     separated = pairs[pairs["separated"].astype(str).str.lower() == "true"]
     expected = set(zip(separated["engine"], separated["dose_level"]))
     assert set(regime.THIRD_SEED_CELLS) == expected
+
+
+def test_a_requested_value_the_design_never_runs_is_refused_not_dropped():
+    preset = available_presets()["regime-map"]
+    with pytest.raises(SweepConfigError, match="never runs variant=gspo") as caught:
+        plan_sweep(
+            preset, parse_grid_args(["variant=pg_is,gspo", "engine=model-fp32,model-bf16"], preset.defaults)
+        )
+    assert "engine=model-fp32,model-bf16" in str(caught.value)
+    with pytest.raises(SweepConfigError, match="variant=gspo, engine=model-fp32"):
+        plan_sweep(preset, parse_grid_args(["variant=gspo", "engine=model-fp32"], preset.defaults))
+    # a request the design holds in part for each value is fine: gspo with fp8, pg_is with both
+    plan = plan_sweep(
+        preset, parse_grid_args(["variant=pg_is,gspo", "engine=model-fp32,model-fp8"], preset.defaults)
+    )
+    assert {(s.config["variant"], s.config["engine"]) for s in plan.runs} == {
+        ("pg_is", "model-fp32"),
+        ("pg_is", "model-fp8"),
+        ("gspo", "model-fp8"),
+    }
+
+
+def test_the_ladder_and_the_task_are_the_ones_the_committed_calibration_ran():
+    """Run ids hash the labels, not the fields behind them: a rung or a task edited after the calibration would
+    silently relabel finished runs. The committed table's rows carry the values each run used."""
+    from pathlib import Path
+
+    path = (
+        Path(__file__).resolve().parents[1]
+        / "figures"
+        / "regime-map"
+        / "calibration"
+        / "regime_calibration.csv"
+    )
+    calibration = pd.read_csv(path)
+    rungs = dict(regime.LADDER)
+    assert list(calibration["dose_level"]) == list(rungs)
+    for row in calibration.itertuples():
+        assert (row.lr, row.staleness, row.epochs) == (
+            rungs[row.dose_level]["lr"],
+            rungs[row.dose_level]["staleness"],
+            rungs[row.dose_level]["epochs"],
+        )
+        assert row.task == dict(regime.TASK_CANDIDATES)[row.task_candidate]["task"]
+
+
+def test_the_map_runs_the_issues_arms_and_engines():
+    """Literal lists (docs/design.md §9.3), so dropping an arm or an engine from the constants is caught."""
+    assert regime.CORE_ARMS == ("pg_is", "cispo", "ppo", "dppo_binary_tv")
+    assert regime.OTHER_ARMS == ("minirl", "dppo_topk_tv", "ppo_relaxed", "tis", "icepop", "seq_mis", "gspo")
+    assert regime.MAP_ENGINES == ("model-fp32", "model-bf16", "model-fp8", "model-int4")
+    assert regime.OTHER_ARMS_ENGINE == "model-fp8" and regime.MAP_SEEDS == 2
+    assert regime.REGIME_SETTINGS["steps"] >= 300
+    assert dict(regime.TASK_CANDIDATES)["sort-hard"] == {
+        "task": "sort",
+        "min_length": 1,
+        "max_length": 12,
+        "pool_min_success": 0.05,
+        "pool_max_success": 0.5,
+    }
+    assert (regime.REGIME_SETTINGS["prompt_pool"], regime.REGIME_SETTINGS["pool_candidates"]) == (1024, 4096)

@@ -445,3 +445,13 @@ def test_so_far_draws_the_finished_runs_only_and_writes_no_table(tmp_path, monke
     assert none.value.code == 2 and "none of the 4 runs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["--preset", preset.name, "--out", str(out), "--so-far", "--no-figures"])
+
+
+def test_a_seed_a_configuration_no_longer_runs_is_named_in_the_refusal(tmp_path):
+    """seeds_for gave x=2 a third seed; a plan that takes it back is refused with the seed and configuration."""
+    log = tmp_path / "calls.log"
+    three = dataclasses.replace(_counting_preset(log), seeds_for=lambda c: 3 if c["x"] == 2 else 2)
+    run_sweep(plan_sweep(three), tmp_path / "out", progress=False)
+    assert len(_calls(log)) == 5
+    with pytest.raises(SweepConfigError, match=r"seed 2 \(requested seeds 0\.\.1 of this configuration\)"):
+        run_sweep(plan_sweep(_counting_preset(log)), tmp_path / "out", progress=False)

@@ -151,6 +151,10 @@ def regime_run_summary(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         raise ValueError("table: expected at least one row (one row per run × step), got an empty table")
     keys = (["task_candidate"] if "task_candidate" in table.columns else []) + list(RUN_KEYS)
+    if "run_id" in table.columns:  # a sweep's table: each key combination must be one run
+        runs_per_key = table.groupby(keys, dropna=False)["run_id"].nunique()
+        if (runs_per_key > 1).any():
+            raise ValueError(_mixed_runs(table, keys, runs_per_key))
     data = table.copy()
     data["dose_level"] = data["dose_level"].astype(str)
     summary = stability_summary(data, keys=tuple(keys))  # each key combination is one run
@@ -172,6 +176,32 @@ def regime_run_summary(table: pd.DataFrame) -> pd.DataFrame:
     columns += [c for c in summary.columns if c not in columns]
     summary = summary[columns]
     return _sort_runs(summary, pd.unique(table["task_candidate"]) if first else ()).reset_index(drop=True)
+
+
+def _mixed_runs(table: pd.DataFrame, keys: list[str], runs_per_key: pd.Series) -> str:
+    """The message for a table in which one (variant, engine, dose_level, seed) holds several runs: the columns
+    that tell them apart (constant within a run, varying between the runs of one key)."""
+    key = runs_per_key[runs_per_key > 1].index[0]
+    key = key if isinstance(key, tuple) else (key,)
+    rows = table
+    for name, value in zip(keys, key):
+        rows = rows[rows[name].astype(str) == str(value)]
+    per_run = rows.groupby("run_id").first()
+    varying = [c for c in per_run.columns if c not in keys and per_run[c].nunique(dropna=False) > 1]
+    varying = [c for c in varying if c not in ("step", "reward", "time_s")][:5]
+    where = ", ".join(f"{k}={v}" for k, v in zip(keys, key))
+    return (
+        f"table: {int(runs_per_key.loc[runs_per_key.index[runs_per_key > 1][0]])} runs share {where}; they differ "
+        f"in {varying or 'other parameters'}. The regime map compares one run per arm, engine, dose level and "
+        "seed: draw the figures of each setting separately (a sweep per setting)"
+    )
+
+
+def _flag(values: pd.Series) -> pd.Series:
+    """A True/False column as bool, also when a CSV gave it as text ("True", "False", "true")."""
+    if values.dtype == bool:
+        return values
+    return values.astype(str).str.strip().str.lower().eq("true")
 
 
 def _sort_runs(summary: pd.DataFrame, candidates: Sequence) -> pd.DataFrame:
@@ -210,11 +240,11 @@ def _labels(values: Sequence[str], name: str) -> list[str]:
 def _candidate(runs: pd.DataFrame, ladder: list[str]) -> dict:
     """F, H and the verdict of one candidate. With several runs at a level (seeds), the level failed when any
     of them failed and its final_reward is their mean."""
-    failed = runs.groupby("dose_level")["failed"].any()
+    failed = runs.assign(failed=_flag(runs["failed"])).groupby("dose_level")["failed"].any()
     final = runs.groupby("dose_level")["final_reward"].mean()
     row: dict = {"first_failure": None, "below_failure": None, "final_reward_below": np.nan}
     if runs.empty:
-        return {**row, "levels_run": 0, "qualifies": False, "why": "not run"}
+        return {**row, "levels_run": 0, "qualifies": False, "incomplete": True, "why": "not run"}
     missing = [lv for lv in ladder if lv not in failed.index]
     row["levels_run"] = len(ladder) - len(missing)
     failing = next((i for i, lv in enumerate(ladder) if lv in failed.index and bool(failed[lv])), None)
@@ -222,7 +252,8 @@ def _candidate(runs: pd.DataFrame, ladder: list[str]) -> dict:
         lv for lv in ladder[: (failing + 1 if failing is not None else len(ladder))] if lv in missing
     ]
     if not_run_before:
-        return {**row, "qualifies": False, "why": f"levels {not_run_before} not run"}
+        return {**row, "qualifies": False, "incomplete": True, "why": f"levels {not_run_before} not run"}
+    row["incomplete"] = False
     if failing is None:
         return {**row, "qualifies": False, "why": "no ladder level failed"}
     f = ladder[failing]
@@ -243,8 +274,10 @@ def choose_regime(summary: pd.DataFrame, candidates: Sequence[str], ladder: Sequ
 
     summary: `regime_run_summary` of the calibration table (columns task_candidate, dose_level, final_reward,
     failed); candidates: the task candidates' labels in the order they are tried; ladder: the dose levels'
-    labels in ladder order (low to high dose). Levels absent from ``ladder`` are ignored; a candidate with a
-    ladder level at or before its first failure not run does not qualify (nothing is guessed).
+    labels in ladder order (low to high dose). Levels absent from ``ladder`` are ignored. A candidate not run,
+    or with a ladder level at or before its first failure not run, leaves the choice undetermined (None, reason
+    "undetermined: ...") unless an earlier candidate qualified: nothing is guessed and no later candidate is
+    chosen in its place.
     """
     _check_columns(summary, ["task_candidate", "dose_level", "final_reward", "failed"], "summary")
     names, levels = _labels(candidates, "candidates"), _labels(ladder, "ladder")
@@ -256,7 +289,13 @@ def choose_regime(summary: pd.DataFrame, candidates: Sequence[str], ladder: Sequ
     table = pd.DataFrame(rows)
     table["chosen"] = False
     table["map_levels"] = ""
-    chosen = next((r for r in rows if r["qualifies"]), None)
+    chosen = next((r for r in rows if r["qualifies"] or r["incomplete"]), None)
+    if chosen is not None and chosen["incomplete"]:  # tried in order: a later candidate cannot jump the queue
+        reason = (
+            f"undetermined: {chosen['task_candidate']}: {chosen['why']} (the candidates are tried in order; run "
+            "its ladder up to its first failure)"
+        )
+        return RegimeChoice(None, (), reason, table)
     if chosen is None:
         reason = "no candidate qualifies: " + "; ".join(f"{r['task_candidate']}: {r['why']}" for r in rows)
         return RegimeChoice(None, (), reason, table)
@@ -282,7 +321,7 @@ class RegimeCells(NamedTuple):
 def _compare(a: pd.DataFrame, p: pd.DataFrame) -> dict:
     """diff, se and the verdicts of arm runs ``a`` against reference runs ``p`` (module docstring)."""
     ra, rp = a["final_reward"].to_numpy(np.float64), p["final_reward"].to_numpy(np.float64)
-    ca, cp = int(a["collapsed"].astype(bool).sum()), int(p["collapsed"].astype(bool).sum())
+    ca, cp = int(_flag(a["collapsed"]).sum()), int(_flag(p["collapsed"]).sum())
     n_a, n_p = len(ra), len(rp)
     mean_a = float(ra.mean()) if n_a else np.nan
     mean_p = float(rp.mean()) if n_p else np.nan
@@ -327,6 +366,12 @@ def regime_cells(summary: pd.DataFrame) -> RegimeCells:
     _check_columns(
         summary, ["variant", "engine", "dose_level", "seed", "final_reward", "collapsed", "dose"], "summary"
     )
+    if "task_candidate" in summary.columns and summary["task_candidate"].nunique(dropna=False) > 1:
+        raise ValueError(
+            "summary: the runs come from several task candidates "
+            f"({sorted(summary['task_candidate'].astype(str).unique())}); a cell compares the seeds of one "
+            "task: pass one candidate's runs"
+        )
     data = summary.assign(
         dose_level=summary["dose_level"].astype(str), variant=summary["variant"].astype(str)
     )

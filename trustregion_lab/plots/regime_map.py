@@ -355,9 +355,10 @@ def regime_calibration_figures(
     ``regime_choice.csv`` (one row per candidate: its first failing level, the level below, why it qualifies
     or not; `choose_regime`).
 
-    candidates, ladder: the order in which candidates are tried and the ladder's order; by default the order in
-    which the table first holds them (the sweep merges its runs in plan order, candidate by candidate along the
-    ladder) and `level_order` of the dose levels.
+    candidates, ladder: the order in which candidates are tried and the ladder's order; by default the
+    protocol's (``trustregion_lab.train.regime.TASK_CANDIDATES`` and ``LADDER``), whatever order the runs were
+    planned in, followed by any other label the table holds; for a table holding none of the protocol's
+    candidates, the order in which it holds them and `level_order` of its levels.
     """
     from trustregion_lab.analysis import regime_map as rm
 
@@ -366,10 +367,19 @@ def regime_calibration_figures(
     if "task_candidate" not in table.columns:
         raise ValueError("table: expected a calibration table with the column 'task_candidate', it lacks it")
     summary = rm.regime_run_summary(table)
-    names = (
-        list(candidates) if candidates is not None else [str(c) for c in pd.unique(table["task_candidate"])]
-    )
-    order = list(ladder) if ladder is not None else rm.level_order(table["dose_level"])
+    if candidates is None or ladder is None:  # the protocol's order (train.regime), then any other label seen
+        from trustregion_lab.train.regime import LADDER, TASK_CANDIDATES
+
+        seen = [str(c) for c in pd.unique(table["task_candidate"])]
+        levels = rm.level_order(table["dose_level"])
+        known, rungs = [label for label, _ in TASK_CANDIDATES], [label for label, _ in LADDER]
+        protocol = any(c in known for c in seen)  # else a table of other candidates: the order it holds
+        default_names = known + [c for c in seen if c not in known] if protocol else seen
+        default_order = rungs + [lv for lv in levels if lv not in rungs] if protocol else levels
+        names = list(candidates) if candidates is not None else default_names
+        order = list(ladder) if ladder is not None else default_order
+    else:
+        names, order = list(candidates), list(ladder)
     choice = rm.choose_regime(summary, names, order)
     marked = summary.copy()
     marked["chosen_candidate"] = marked["task_candidate"].astype(str) == (choice.task_candidate or "")

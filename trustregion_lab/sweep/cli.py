@@ -238,6 +238,8 @@ def _so_far(
             written = plots.draw_table_figures(table, list(plan.base), figures_dir, preset.figures)
         except OSError as exc:
             parser.error(store.write_error_text(Path(exc.filename or figures_dir), exc))
+        except (ValueError, TypeError) as exc:  # e.g. too few runs yet for what a figure needs
+            parser.error(f"--so-far: the figures cannot be drawn from the {done} runs finished so far: {exc}")
     if not args.quiet:
         print(f"{done} of {len(plan.runs)} runs finished in {out_dir} (the figures show those only)")
         for path in written:

@@ -194,6 +194,29 @@ def _describe_grid(grid: Mapping[str, Sequence[Any]]) -> str:
     return ", ".join(f"{key}={','.join(map(str, values))}" for key, values in grid.items()) or "no grid"
 
 
+def _included(
+    preset: Preset, configs: list[dict[str, Any]], grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The configurations ``preset.include`` holds; a requested value that appears in none of them is refused
+    (it would be dropped without a word), and so is a request of which nothing is held."""
+    kept = [config for config in configs if preset.include(dict(config))]
+    requested = {**{k: list(v) for k, v in grid.items()}, **{k: [v] for k, v in fixed.items()}}
+    if not kept:
+        raise SweepConfigError(
+            f"preset {preset.name!r} holds none of the requested combinations ({_describe_grid(requested)}); "
+            "see --list-presets for its design; nothing was run or written"
+        )
+    for key, values in grid.items():
+        dropped = [v for v in values if not any(canonical(c[key]) == canonical(v) for c in kept)]
+        if dropped:
+            raise SweepConfigError(
+                f"preset {preset.name!r} never runs {key}={','.join(map(str, dropped))} with the other values "
+                f"requested ({_describe_grid(requested)}); see --list-presets for its design; nothing was run "
+                "or written"
+            )
+    return kept
+
+
 def _validate_configs(preset: Preset, grid: Mapping[str, Sequence[Any]], configs: list[dict]) -> None:
     """Run ``preset.validate`` on every configuration; the first failure (and how many fail) is reported."""
     if preset.validate is None:
@@ -246,12 +269,7 @@ def plan_sweep(
         raise SweepConfigError(f"seeds must be a positive integer, got {n_seeds!r}")
     configs = expand_grid(base, merged)
     if preset.include is not None:
-        configs = [config for config in configs if preset.include(dict(config))]
-        if not configs:
-            raise SweepConfigError(
-                f"preset {preset.name!r} holds none of the requested combinations ({_describe_grid(merged)}); "
-                "nothing was run or written"
-            )
+        configs = _included(preset, configs, merged, {k: base[k] for k in (grid or {}) if k not in merged})
     _validate_configs(preset, merged, configs)
     per_config = [
         _seeds_of(preset, config) if seeds is None and preset.seeds_for is not None else n_seeds

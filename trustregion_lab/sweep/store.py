@@ -175,8 +175,12 @@ def _differences(plan: SweepPlan, record: dict[str, Any]) -> str:
             parts.append(f"{key}={value!r} (requested {', '.join(map(repr, grid[key]))})")
         elif key not in grid and base.get(key) != value:
             parts.append(f"{key}={value!r} (requested {base.get(key)!r})")
-    if isinstance(record.get("seed"), int) and record["seed"] >= plan.seeds:
-        parts.append(f"seed {record['seed']} (requested seeds 0..{plan.seeds - 1})")
+    if isinstance(record.get("seed"), int):
+        planned = [spec.seed for spec in plan.runs if canonical(spec.config) == config]
+        if planned and record["seed"] not in planned:  # a configuration of the plan, with fewer seeds
+            parts.append(f"seed {record['seed']} (requested seeds 0..{max(planned)} of this configuration)")
+        elif not planned and record["seed"] >= plan.seeds:
+            parts.append(f"seed {record['seed']} (requested seeds 0..{plan.seeds - 1})")
     return ", ".join(parts) or "other parameters"
 
 

@@ -285,11 +285,11 @@ class Trainer:
             rng=self.rng,
         )
 
-    @torch.no_grad()
     def dose_due(self) -> bool:
         """Whether the step now running (row ``step`` = ``self.step + 1``) measures the dose (``dose_every``)."""
         return (self.step + 1) % self.config.dose_every == 0
 
+    @torch.no_grad()
     def after_metrics(self, batch: RolloutBatch) -> dict[str, float]:
         """Step 4b: π after the step's last update against μ (``step.after_metrics``: ``dose``, ``tv_after``)."""
         return step_lib.after_metrics(batch, self._logits(batch.inputs))

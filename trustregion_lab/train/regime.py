@@ -118,7 +118,8 @@ def label_fields() -> set[str]:
 
 # the cells (engine, dose level) the first pass of the map (2 seeds) found separated (docs/design.md §9.3: some
 # arm's mean final reward ≥ 0.05 from pg_is's); each gets a third seed when the same command is run again.
-# Filled from figures/regime-map/regime_cells.csv once the first pass is complete (a test keeps them equal).
+# Filled once the first pass is complete; a test keeps them equal to the cells `analysis.regime_map.regime_cells`
+# finds separated in the committed figures/regime-map/regime_map.csv restricted to seeds 0 and 1.
 THIRD_SEED_CELLS: tuple[tuple[str, str], ...] = ()
 MAP_SEEDS = 2
 
