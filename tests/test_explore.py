@@ -297,3 +297,12 @@ def test_regime_view_reads_the_map_cell_against_pg_is(rng) -> None:
     assert explore.regime_view(calibration, "L1", summary, "model-fp8")["arms"] is None  # no map cell there
     with pytest.raises(ValueError, match="engine must be one of"):
         explore.regime_view(calibration, "L3", summary, "model-int4")
+
+
+def test_regime_view_reads_the_chosen_candidates_rung(rng) -> None:
+    first, chosen = _calibration(rng), _calibration(rng)
+    table = pd.concat(
+        [first.assign(chosen_candidate=False), chosen.assign(chosen_candidate=True)], ignore_index=True
+    )
+    view = explore.regime_view(table, "L2")
+    assert view["rung"]["dose"] == chosen.loc[2, "dose"] != first.loc[2, "dose"]

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
+import subprocess
 import sys
 
 import numpy as np
@@ -211,3 +213,12 @@ def test_freed_step_memory_is_reused_without_page_faults():
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     print("minor page faults:", faults)
     assert faults < 3 * 5120
+
+
+def test_the_malloc_settings_can_be_turned_off_by_the_environment():
+    """TRUSTREGION_LAB_KEEP_FREED_MEMORY=0: a process that must hand memory back keeps glibc's defaults."""
+    code = "from trustregion_lab.train.base import keep_freed_memory; print(keep_freed_memory())"
+    env = {"TRUSTREGION_LAB_KEEP_FREED_MEMORY": "0", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

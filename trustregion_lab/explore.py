@@ -366,7 +366,8 @@ def regime_view(
     arm at that rung with one engine.
 
     calibration: ``regime_calibration.csv`` (one row per calibration run: dose_level, lr, staleness, epochs, dose,
-    start_reward, final_reward, failed, ...); map_summary: ``regime_map.csv`` (one row per run: variant, engine,
+    start_reward, final_reward, failed, ...; with a ``chosen_candidate`` column, the chosen candidate's rows);
+    map_summary: ``regime_map.csv`` (one row per run: variant, engine,
     dose_level, seed, final_reward, collapsed) or None. Returns rung (the calibration row), sentence, and with a
     map: arms = per arm, the mean final reward over seeds, its difference from pg_is's in the same cell
     (diff = mean_arm − mean_pg_is) and the number of seeds that collapsed (§7).
@@ -375,6 +376,11 @@ def regime_view(
     for column in needed:
         if column not in calibration.columns:
             raise ValueError(f"calibration must have a {column!r} column (a regime_calibration.csv table)")
+    if (
+        "chosen_candidate" in calibration.columns
+    ):  # a calibration of several task candidates: the chosen one's
+        chosen = calibration["chosen_candidate"].astype(str).str.lower().eq("true")
+        calibration = calibration[chosen] if chosen.any() else calibration
     check_choice("level", level, list(calibration["dose_level"].astype(str)))
     rung = calibration[calibration["dose_level"].astype(str) == level].iloc[0]
     failed = str(rung["failed"]).lower() == "true"

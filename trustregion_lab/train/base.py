@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -88,6 +89,7 @@ ROW_COLUMNS = (
 )
 
 
+KEEP_FREED_MEMORY_ENV = "TRUSTREGION_LAB_KEEP_FREED_MEMORY"
 # glibc mallopt parameters (malloc.h) and the values the trainer sets (``keep_freed_memory``)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
@@ -105,12 +107,13 @@ def keep_freed_memory() -> bool:
     ``resource.getrusage`` and a timer). With M_MMAP_THRESHOLD at its maximum (32 MiB) and M_TRIM_THRESHOLD at
     1 GiB the blocks stay in the heap (200–800 faults per step). No
     value computed changes; the process keeps its peak heap. Returns whether the settings were applied (False
-    off Linux or where the C library has no ``mallopt``).
+    off Linux, where the C library has no ``mallopt``, or with the environment variable
+    ``TRUSTREGION_LAB_KEEP_FREED_MEMORY=0``: the opt-out for a process that must return memory to the OS).
     """
     global _malloc_tuned
     if _malloc_tuned:
         return True
-    if not sys.platform.startswith("linux"):
+    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
