@@ -164,38 +164,11 @@ def test_summary_keeps_task_candidates_apart_and_orders_levels_by_number(rng):
 
 
 def test_bad_tables_raise_naming_the_columns():
+    columns = ["variant", "engine", "dose_level", "seed", "step", "reward", "mismatch_mean", "mask_frac"]
     with pytest.raises(ValueError, match=r"lacks \['dose', 'tv_after'\]"):
-        regime_run_summary(
-            pd.DataFrame(
-                columns=[
-                    "variant",
-                    "engine",
-                    "dose_level",
-                    "seed",
-                    "step",
-                    "reward",
-                    "mismatch_mean",
-                    "mask_frac",
-                ]
-            )
-        )
+        regime_run_summary(pd.DataFrame(columns=columns))
     with pytest.raises(ValueError, match="empty"):
-        regime_run_summary(
-            pd.DataFrame(
-                columns=[
-                    "variant",
-                    "engine",
-                    "dose_level",
-                    "seed",
-                    "step",
-                    "reward",
-                    "mismatch_mean",
-                    "mask_frac",
-                    "dose",
-                    "tv_after",
-                ]
-            )
-        )
+        regime_run_summary(pd.DataFrame(columns=[*columns, "dose", "tv_after"]))
     with pytest.raises(TypeError, match="DataFrame"):
         regime_run_summary([1, 2])
     with pytest.raises(ValueError, match=r"lacks \['task_candidate'\]"):

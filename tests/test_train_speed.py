@@ -23,6 +23,7 @@ import pytest
 import torch
 from scipy.special import log_softmax
 
+from tests.test_train import _tiny_sequence
 from trustregion_lab.losses import policy_loss
 from trustregion_lab.train import SequenceConfig, SequenceTrainer
 from trustregion_lab.train import step as step_lib
@@ -31,24 +32,10 @@ from trustregion_lab.train.step import AFTER_METRICS, UPDATE_METRICS
 
 
 def _tiny(tmp_path, **overrides) -> SequenceConfig:
-    values = dict(
-        task="copy",
-        vocab_size=40,
-        max_length=3,
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        d_ff=64,
-        prompts_per_step=4,
-        group_size=4,
-        num_minibatches=2,
-        steps=3,
-        warm_start_steps=30,
-        warm_start_batch=32,
-        engine="model-bf16",
-        cache_dir=str(tmp_path / "cache"),
+    """test_train's tiny sequence config with the bf16 model engine, 3 steps, no checkpoints."""
+    return _tiny_sequence(
+        tmp_path, **{"engine": "model-bf16", "steps": 3, "checkpoint_every": 0, **overrides}
     )
-    return SequenceConfig(**{**values, **overrides})
 
 
 def _reference_update(policy_logits, batch, *, optimizer, parameters, config, variant, rng):
